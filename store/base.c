@@ -1,0 +1,137 @@
+/* base.c : status messages, per-thread error detail, float16. */
+#include "base_impl.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local char detail[1024];
+
+const char *fst_strerror(fst_status s)
+{
+    switch (s) {
+#define FST_STATUS_MSG_(name, value, msg) case FST_##name: return msg;
+    FST_STATUS_MAP(FST_STATUS_MSG_)
+#undef FST_STATUS_MSG_
+    }
+    return "unknown status";
+}
+
+const char *fst_status_name(fst_status s)
+{
+    switch (s) {
+#define FST_STATUS_NAME_(name, value, msg) case FST_##name: return #name;
+    FST_STATUS_MAP(FST_STATUS_NAME_)
+#undef FST_STATUS_NAME_
+    }
+    return "UNKNOWN";
+}
+
+const char *fst_errdetail(void) { return detail; }
+void fst_errclear(void) { detail[0] = '\0'; }
+
+static void mark_truncated(int n)
+{
+    /* Never truncate silently: an over-long message ends in "...". */
+    if (n >= (int)sizeof detail)
+        memcpy(detail + sizeof detail - 4, "...", 4);
+}
+
+fst_status fst__fail(fst_status s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    mark_truncated(n);
+    return s;
+}
+
+fst_status fst__failpre(fst_status s, const char *fmt, ...)
+{
+    char old[sizeof detail];
+    memcpy(old, detail, sizeof old);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && n < (int)sizeof detail)
+        n += snprintf(detail + n, sizeof detail - (size_t)n, "%s", old);
+    mark_truncated(n);
+    return s;
+}
+
+_Noreturn void fst__assert_fail(const char *what, const char *file, int line)
+{
+    fprintf(stderr, "featstore: internal error: %s:%d: assertion failed: %s\n",
+            file, line, what);
+    abort();
+}
+
+size_t fst_dtype_size(fst_dtype t)
+{
+    switch (t) {
+    case FST_DTYPE_F16: return 2;
+    case FST_DTYPE_F32: return 4;
+    }
+    return 0;
+}
+
+const char *fst_dtype_name(fst_dtype t)
+{
+    switch (t) {
+    case FST_DTYPE_F16: return "float16";
+    case FST_DTYPE_F32: return "float32";
+    }
+    return "unknown";
+}
+
+float fst_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp  = (h >> 10) & 0x1fu;
+    uint32_t man  = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1f) {                       /* Inf or NaN */
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {                   /* normal */
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {                   /* zero */
+        bits = sign;
+    } else {                                 /* subnormal: value = man * 2^-24 */
+        float f = (float)man * 0x1p-24f;
+        memcpy(&bits, &f, sizeof bits);
+        bits |= sign;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+uint16_t fst_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u)                   /* Inf or NaN (keep it a NaN) */
+        return sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u | ((ax >> 13) & 0x3ffu) : 0);
+    if (ax >= 0x477ff000u)                   /* rounds to >= 65520: Inf */
+        return sign | 0x7c00u;
+    if (ax < 0x38800000u) {                  /* below half's smallest normal */
+        /* value / 2^-24, rounded to nearest even by the FPU's default mode */
+        float a;
+        memcpy(&a, &ax, sizeof a);
+        float scaled = a * 0x1p24f;
+        uint32_t m = (uint32_t)nearbyintf(scaled);
+        return sign | (uint16_t)m;           /* m == 0x400 becomes the
+                                                smallest normal, correctly */
+    }
+    /* normal: rebias exponent, round mantissa to nearest even */
+    uint32_t r = ax - 0x38000000u;           /* exponent 127 -> 15 */
+    uint32_t lsb = (r >> 13) & 1u;
+    r += 0xfffu + lsb;
+    return sign | (uint16_t)(r >> 13);
+}

@@ -1,0 +1,177 @@
+/* fst_store.h : reading and writing a featstore store.
+ *
+ * A store is one LMDB environment in a single file (MDB_NOSUBDIR), plus its
+ * lock file `<path>-lock`. One record per image, keyed by the image name as
+ * in the source HDF5 file; the record layout is in fst_format.h and
+ * store/FORMAT.md. Any number of processes may read a store at once while
+ * one writer appends; readers see a consistent snapshot per transaction.
+ */
+#ifndef FST_STORE_H
+#define FST_STORE_H
+
+#include "fst_base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct fst_store  fst_store;    /* an open store (read-only) */
+typedef struct fst_reader fst_reader;   /* a read transaction */
+typedef struct fst_writer fst_writer;   /* the one write handle */
+
+/* Store-wide metadata (the `meta` table). Strings are NUL-terminated and
+ * owned by the structure. */
+typedef struct fst_store_meta {
+    uint32_t  format_major, format_minor;
+    char      featstore_version[32];
+    uint32_t  d;                    /* descriptor dimension (0: empty store) */
+    fst_dtype dtype;                /* descriptor dtype of every record */
+    uint64_t  n_images;
+    uint64_t  n_keypoints;          /* summed over images */
+    uint64_t  payload_bytes;        /* summed record payloads */
+    char      source_name[512];     /* file the last import read */
+    uint64_t  source_size;
+    int64_t   source_mtime;         /* seconds since the epoch */
+    int64_t   created;              /* seconds since the epoch */
+    int64_t   modified;
+} fst_store_meta;
+
+/* Flags of fst_store_open(). */
+enum {
+    FST_OPEN_CHECKSUMS = 1u << 0,   /* fst_reader_get() verifies XXH3 */
+};
+
+/* fst_store_open() :
+ * Open the store at `path` read-only, for any number of concurrent
+ * processes (LMDB lock table sized for >= 1024 readers; stale reader slots
+ * of dead processes are cleared at open). Refuses a store whose format
+ * major version is newer than this build's, and a store whose import did
+ * not complete.
+ * *out is owned by the caller: fst_store_close() it. A forked child must
+ * open its own store; a handle does not survive fork().
+ * @return FST_OK; FST_EIO (missing/unreadable, detail names the path);
+ *         FST_EFORMAT (not a featstore store, or incomplete import);
+ *         FST_EVERSION (newer major version); FST_ENOMEM. */
+fst_status fst_store_open(const char *path, unsigned flags, fst_store **out);
+
+/* fst_store_close() : close; every reader must have ended. NULL is fine. */
+void fst_store_close(fst_store *st);
+
+/* fst_store_path() : the path the store was opened with. Owned by st. */
+const char *fst_store_path(const fst_store *st);
+
+/* fst_store_meta_get() : copy the store's metadata into *out.
+ * @return FST_OK; FST_EIO; FST_ECORRUPT (meta table unreadable). */
+fst_status fst_store_meta_get(fst_store *st, fst_store_meta *out);
+
+/* fst_reader_begin() :
+ * Start a read transaction: a consistent snapshot of the store. One reader
+ * per thread; a thread may hold one at a time. *out is owned by the caller
+ * and ended with fst_reader_end(). Keep transactions short-lived in
+ * long-running processes (an open reader pins the snapshot's pages).
+ * @return FST_OK; FST_EIO (e.g. reader table full); FST_ENOMEM. */
+fst_status fst_reader_begin(fst_store *st, fst_reader **out);
+
+/* fst_reader_get() :
+ * Find image `name` and describe it in *out. *out points into the shared
+ * map: read-only, valid until fst_reader_end(rd) or fst_reader_reset(rd).
+ * Bounds are always checked; the checksum too if the store was opened with
+ * FST_OPEN_CHECKSUMS.
+ * @return FST_OK; FST_ENOTFOUND; FST_ECORRUPT (detail names store+image). */
+fst_status fst_reader_get(fst_reader *rd, const char *name, fst_view *out);
+
+/* fst_reader_next() :
+ * Iterate every image in key order: the first call gives the first image,
+ * each later call the next. Same view lifetime as fst_reader_get().
+ * @return FST_OK; FST_DONE after the last image; FST_ECORRUPT. */
+fst_status fst_reader_next(fst_reader *rd, fst_view *out);
+
+/* fst_reader_reset() :
+ * Release the snapshot and take a fresh one (sees later appends); views
+ * obtained so far become invalid; iteration restarts.
+ * @return FST_OK; FST_EIO. */
+fst_status fst_reader_reset(fst_reader *rd);
+
+/* fst_reader_end() : end the transaction; every view from it is gone.
+ * NULL is fine. */
+void fst_reader_end(fst_reader *rd);
+
+/* fst_store_verify() :
+ * Re-read every record, re-compute every checksum and check every bound.
+ * For each bad record call `bad(name, status, detail, ctx)` (name may be a
+ * key that is not valid UTF-8; it is NUL-terminated). `bad` may be NULL.
+ * *n_checked and *n_bad receive the counts (either pointer may be NULL).
+ * @return FST_OK if every record is good; FST_ECORRUPT if any is bad;
+ *         FST_EIO. */
+typedef void fst_verify_cb(const char *name, fst_status s, const char *detail,
+                           void *ctx);
+fst_status fst_store_verify(fst_store *st, fst_verify_cb *bad, void *ctx,
+                            uint64_t *n_checked, uint64_t *n_bad);
+
+/* ---- writing (used by loaders/) ---- */
+
+/* One image to write. The writer copies everything; the caller keeps
+ * ownership of the arrays. Descriptors are n x d row-major in `dtype`. */
+typedef struct fst_image {
+    const char  *name;
+    uint32_t     n, d;
+    fst_dtype    dtype;
+    uint32_t     flags;          /* FST_VIEW_* */
+    int64_t      image_size[2];
+    float        uncertainty;    /* NaN if absent */
+    const float *keypoints;      /* n x 2 */
+    const float *scores;         /* n, or NULL */
+    const void  *desc;           /* n x d */
+} fst_image;
+
+/* Modes of fst_writer_open(). */
+typedef enum fst_write_mode {
+    FST_WRITE_CREATE = 1,   /* new store; refuses an existing path */
+    FST_WRITE_APPEND = 2,   /* add to an existing complete store */
+} fst_write_mode;
+
+/* fst_writer_open() :
+ * CREATE: build a new store at `path` through a temporary file
+ * `<path>.tmp-<pid>` that becomes `path` only in fst_writer_finish(); a
+ * crash leaves no file at `path`. Stale temporaries of dead processes are
+ * removed. APPEND: open the complete store at `path` for adding; nothing is
+ * visible to readers before fst_writer_finish(), and a crash leaves the
+ * store as it was.
+ * @return FST_OK; FST_EEXIST (CREATE over an existing path); FST_EIO;
+ *         FST_EFORMAT / FST_EVERSION (APPEND to a bad store); FST_ENOMEM. */
+fst_status fst_writer_open(const char *path, fst_write_mode mode,
+                           fst_writer **out);
+
+/* fst_writer_put() :
+ * Add one image. An image whose name is already present is skipped if its
+ * content is identical (*added = 0) and refused with FST_EEXIST (detail
+ * names it) if it differs. A name longer than LMDB's key limit, a dtype or
+ * d different from the store's, or NaN/Inf in keypoints or descriptors is
+ * FST_EINVAL with a detail naming the image. `added` may be NULL.
+ * Memory stays bounded: the writer commits internally as it goes (CREATE)
+ * or lets LMDB spill (APPEND).
+ * @return FST_OK; FST_EINVAL; FST_EEXIST; FST_EFULL (disk or map full);
+ *         FST_EIO; FST_ENOMEM. After an error only fst_writer_abort(). */
+fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added);
+
+/* Where the data came from, recorded in the meta table at finish. */
+typedef struct fst_source {
+    const char *name;     /* source file path as given */
+    uint64_t    size;
+    int64_t     mtime;
+} fst_source;
+
+/* fst_writer_finish() :
+ * Write the meta table, commit, fsync, and (CREATE) rename the temporary
+ * file to `path` and fsync the directory. Frees w whatever the result.
+ * @return FST_OK; FST_EIO; FST_EFULL. On error the store at `path` is as
+ *         it was before fst_writer_open(). */
+fst_status fst_writer_finish(fst_writer *w, const fst_source *src);
+
+/* fst_writer_abort() : drop everything written; free w. NULL is fine. */
+void fst_writer_abort(fst_writer *w);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
