@@ -22,7 +22,8 @@ extern "C" {
  *    as stored, never re-normalised;
  *  - per row the best and second-best j (exact tie: lowest index);
  *    dist = 2 (1 - sim);
- *  - ratio: keep row i iff dist_best <= (float)(r*r) * dist_second; only
+ *  - ratio: keep row i iff dist_best <= (float)(r*r) * dist_second in
+ *    float32, r*r in double; only
  *    when both images have >= 2 keypoints;
  *  - distance: keep row i iff dist_best <= (float)(t*t);
  *  - score = (sim_best + 1) / 2 where kept, else 0;
@@ -31,10 +32,12 @@ extern "C" {
  *    check (hloc writes the forward score);
  *  - 0 keypoints on either side: n0 entries of -1 and scores 0. */
 typedef struct fst_match_opts {
-    bool  mutual;               /* default true */
-    float ratio_threshold;      /* default 0 (off) */
-    float distance_threshold;   /* default 0 (off) */
+    bool   mutual;              /* default true */
+    double ratio_threshold;     /* default 0 (off) */
+    double distance_threshold;  /* default 0 (off) */
 } fst_match_opts;
+/* Thresholds are doubles, as in hloc's Python conf: r*r is formed in double
+ * and only then rounded to float32 (0.8 -> 0.64f), as torch does. */
 
 /* fst_match_opts_default() : mutual on, thresholds off (hloc's defaults). */
 fst_match_opts fst_match_opts_default(void);
