@@ -83,6 +83,9 @@ enum {
     FST_VIEW_HAS_UNCERTAINTY  = 1u << 5, /* keypoints had `uncertainty` attr */
     FST_VIEW_DESC_CONVERTED   = 1u << 6, /* descriptors' dtype was changed at
                                             import (--dtype) */
+    FST_VIEW_UNCERTAINTY_F64  = 1u << 7, /* the uncertainty attr was float64
+                                            (hloc under NumPy 1.x); the view
+                                            has it rounded to float32 */
 };
 
 /* One image as the matchers see it. In a view returned by the store every

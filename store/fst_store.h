@@ -1,10 +1,15 @@
 /* fst_store.h : reading and writing a featstore store.
  *
  * A store is one LMDB environment in a single file (MDB_NOSUBDIR), plus its
- * lock file `<path>-lock`. One record per image, keyed by the image name as
- * in the source HDF5 file; the record layout is in fst_format.h and
- * store/FORMAT.md. Any number of processes may read a store at once while
- * one writer appends; readers see a consistent snapshot per transaction.
+ * lock file `<path>-lock` (readers need write access to it). One record per
+ * image, keyed by the image name as in the source HDF5 file; the record
+ * layout is in fst_format.h and store/FORMAT.md. Any number of processes
+ * may read a store at once while one writer appends; readers see a
+ * consistent snapshot per transaction and never an unfinished append.
+ *
+ * Within one process, every fst_store handle on the same file shares one
+ * LMDB environment (LMDB breaks if a process opens a file twice), and a
+ * process cannot append to a store it has open for reading.
  */
 #ifndef FST_STORE_H
 #define FST_STORE_H
@@ -25,10 +30,12 @@ typedef struct fst_store_meta {
     uint32_t  format_major, format_minor;
     char      featstore_version[32];
     uint32_t  d;                    /* descriptor dimension (0: empty store) */
-    fst_dtype dtype;                /* descriptor dtype of every record */
+    fst_dtype dtype;                /* descriptor dtype of every record
+                                       (0 while d is 0) */
     uint64_t  n_images;
     uint64_t  n_keypoints;          /* summed over images */
-    uint64_t  payload_bytes;        /* summed record payloads */
+    uint64_t  payload_bytes;        /* keypoint + score + descriptor bytes,
+                                       summed over images */
     char      source_name[512];     /* file the last import read */
     uint64_t  source_size;
     int64_t   source_mtime;         /* seconds since the epoch */
@@ -43,47 +50,62 @@ enum {
 
 /* fst_store_open() :
  * Open the store at `path` read-only, for any number of concurrent
- * processes (LMDB lock table sized for >= 1024 readers; stale reader slots
+ * processes (LMDB lock table sized for 4096 readers; stale reader slots
  * of dead processes are cleared at open). Refuses a store whose format
  * major version is newer than this build's, and a store whose import did
- * not complete.
- * *out is owned by the caller: fst_store_close() it. A forked child must
- * open its own store; a handle does not survive fork().
+ * not complete. O(1): reads the metadata, scans nothing.
+ * `flags`: 0 or FST_OPEN_CHECKSUMS.
+ * *out is owned by the caller: fst_store_close() it. Any thread; a handle
+ * may be shared by threads (each with its own reader). Opening the same
+ * file again in this process is fine (the handles share one map). A forked
+ * child must open its own store; a handle does not survive fork().
  * @return FST_OK; FST_EIO (missing/unreadable, detail names the path);
  *         FST_EFORMAT (not a featstore store, or incomplete import);
- *         FST_EVERSION (newer major version); FST_ENOMEM. */
+ *         FST_EVERSION (newer major version); FST_EINVAL (bad flags, or
+ *         this process is appending to the store); FST_ENOMEM. */
 fst_status fst_store_open(const char *path, unsigned flags, fst_store **out);
 
-/* fst_store_close() : close; every reader must have ended. NULL is fine. */
+/* fst_store_close() : close; every reader of this handle must have ended
+ * (a live one is a bug: abort). NULL is fine. */
 void fst_store_close(fst_store *st);
 
 /* fst_store_path() : the path the store was opened with. Owned by st. */
 const char *fst_store_path(const fst_store *st);
 
-/* fst_store_meta_get() : copy the store's metadata into *out.
+/* fst_store_meta_get() : copy the store's metadata (as of now: a finished
+ * append shows) into *out. Any thread.
  * @return FST_OK; FST_EIO; FST_ECORRUPT (meta table unreadable). */
 fst_status fst_store_meta_get(fst_store *st, fst_store_meta *out);
 
 /* fst_reader_begin() :
- * Start a read transaction: a consistent snapshot of the store. One reader
- * per thread; a thread may hold one at a time. *out is owned by the caller
- * and ended with fst_reader_end(). Keep transactions short-lived in
- * long-running processes (an open reader pins the snapshot's pages).
- * @return FST_OK; FST_EIO (e.g. reader table full); FST_ENOMEM. */
+ * Start a read transaction: a consistent snapshot of the store. A reader
+ * is used by one thread at a time; a thread should hold one reader at a
+ * time. *out is owned by the caller and ended with fst_reader_end(). Keep
+ * transactions short-lived in long-running processes: an open reader pins
+ * the snapshot's pages, and when an append has grown the file past this
+ * process's map, the next begin waits (up to 30 s) for the process's other
+ * readers to end before it remaps. No allocation in steady state (ended
+ * readers are reused).
+ * @return FST_OK; FST_EIO (e.g. reader table full, or other readers of
+ *         this process held too long during a remap); FST_ENOMEM. */
 fst_status fst_reader_begin(fst_store *st, fst_reader **out);
 
 /* fst_reader_get() :
  * Find image `name` and describe it in *out. *out points into the shared
  * map: read-only, valid until fst_reader_end(rd) or fst_reader_reset(rd).
  * Bounds are always checked; the checksum too if the store was opened with
- * FST_OPEN_CHECKSUMS.
- * @return FST_OK; FST_ENOTFOUND; FST_ECORRUPT (detail names store+image). */
+ * FST_OPEN_CHECKSUMS. On failure *out is untouched.
+ * @return FST_OK; FST_ENOTFOUND; FST_ECORRUPT (detail names store+image);
+ *         FST_EVERSION (a record of a newer major format). */
 fst_status fst_reader_get(fst_reader *rd, const char *name, fst_view *out);
 
 /* fst_reader_next() :
- * Iterate every image in key order: the first call gives the first image,
- * each later call the next. Same view lifetime as fst_reader_get().
- * @return FST_OK; FST_DONE after the last image; FST_ECORRUPT. */
+ * Iterate every image in key order (bytes, as memcmp): the first call gives
+ * the first image, each later call the next. Same view lifetime and checks
+ * as fst_reader_get(). After FST_ECORRUPT the next call goes on with the
+ * following image.
+ * @return FST_OK; FST_DONE after the last image (and on every later call);
+ *         FST_ECORRUPT (detail names store+image); FST_EVERSION. */
 fst_status fst_reader_next(fst_reader *rd, fst_view *out);
 
 /* fst_reader_reset() :
@@ -97,10 +119,14 @@ fst_status fst_reader_reset(fst_reader *rd);
 void fst_reader_end(fst_reader *rd);
 
 /* fst_store_verify() :
- * Re-read every record, re-compute every checksum and check every bound.
- * For each bad record call `bad(name, status, detail, ctx)` (name may be a
- * key that is not valid UTF-8; it is NUL-terminated). `bad` may be NULL.
- * *n_checked and *n_bad receive the counts (either pointer may be NULL).
+ * Re-read every record in one snapshot, re-compute every checksum, check
+ * every bound and that d and dtype are the store's. For each bad record
+ * call `bad(name, status, detail, ctx)` (name may be a key that is not
+ * valid UTF-8; it is NUL-terminated; `detail` is valid during the call).
+ * When every record is good, the metadata totals (images, keypoints, data
+ * bytes) must match the records; if not, `bad` is called once with the
+ * name "(metadata)". `bad` may be NULL. *n_checked and *n_bad receive the
+ * counts (either pointer may be NULL). Any thread.
  * @return FST_OK if every record is good; FST_ECORRUPT if any is bad;
  *         FST_EIO. */
 typedef void fst_verify_cb(const char *name, fst_status s, const char *detail,
@@ -136,22 +162,30 @@ typedef enum fst_write_mode {
  * crash leaves no file at `path`. Stale temporaries of dead processes are
  * removed. APPEND: open the complete store at `path` for adding; nothing is
  * visible to readers before fst_writer_finish(), and a crash leaves the
- * store as it was.
- * @return FST_OK; FST_EEXIST (CREATE over an existing path); FST_EIO;
- *         FST_EFORMAT / FST_EVERSION (APPEND to a bad store); FST_ENOMEM. */
+ * store as it was for every reader (records of an unfinished append are
+ * invisible; the next append, or an abort, deletes them). One writer per
+ * store at a time. A writer is used by one thread.
+ * @return FST_OK; FST_EEXIST (CREATE over an existing path, or APPEND while
+ *         another writer appends); FST_EIO; FST_EFORMAT / FST_EVERSION
+ *         (APPEND to a bad store); FST_EINVAL (APPEND to a store this
+ *         process has open for reading); FST_ENOMEM. */
 fst_status fst_writer_open(const char *path, fst_write_mode mode,
                            fst_writer **out);
 
 /* fst_writer_put() :
  * Add one image. An image whose name is already present is skipped if its
  * content is identical (*added = 0) and refused with FST_EEXIST (detail
- * names it) if it differs. A name longer than LMDB's key limit, a dtype or
- * d different from the store's, or NaN/Inf in keypoints or descriptors is
- * FST_EINVAL with a detail naming the image. `added` may be NULL.
- * Memory stays bounded: the writer commits internally as it goes (CREATE)
- * or lets LMDB spill (APPEND).
+ * names it) if it differs. A name longer than LMDB's key limit (511
+ * bytes), a dtype or d different from the store's (the first image with
+ * d > 0 sets them; an image with n = 0 and d = 0 fits any store), or
+ * NaN/Inf in keypoints, scores or descriptors is FST_EINVAL with a detail
+ * naming the image (and the first bad element). `added` may be NULL.
+ * Memory stays bounded: the writer commits a batch every 1000 records or
+ * 64 MB (invisible to readers until fst_writer_finish()).
  * @return FST_OK; FST_EINVAL; FST_EEXIST; FST_EFULL (disk or map full);
- *         FST_EIO; FST_ENOMEM. After an error only fst_writer_abort(). */
+ *         FST_ECORRUPT (the store's record of that name is damaged);
+ *         FST_EIO; FST_ENOMEM. After an error only fst_writer_abort()
+ *         (fst_writer_finish() then fails with FST_EINVAL). */
 fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added);
 
 /* Where the data came from, recorded in the meta table at finish. */
@@ -162,13 +196,18 @@ typedef struct fst_source {
 } fst_source;
 
 /* fst_writer_finish() :
- * Write the meta table, commit, fsync, and (CREATE) rename the temporary
- * file to `path` and fsync the directory. Frees w whatever the result.
- * @return FST_OK; FST_EIO; FST_EFULL. On error the store at `path` is as
- *         it was before fst_writer_open(). */
+ * Write the meta table (`src` may be NULL: APPEND keeps the recorded
+ * source, CREATE records none), commit, fsync, and (CREATE) rename the
+ * temporary file to `path` without replacing anything and fsync the
+ * directory. Frees w whatever the result.
+ * @return FST_OK; FST_EIO; FST_EFULL; FST_EEXIST (CREATE: `path` appeared
+ *         meanwhile); FST_EINVAL (an earlier put failed). On error the
+ *         store at `path` is as it was before fst_writer_open(). */
 fst_status fst_writer_finish(fst_writer *w, const fst_source *src);
 
-/* fst_writer_abort() : drop everything written; free w. NULL is fine. */
+/* fst_writer_abort() : drop everything written (CREATE: remove the
+ * temporary file; APPEND: delete the batches already committed, or leave
+ * them invisible for the next append to delete); free w. NULL is fine. */
 void fst_writer_abort(fst_writer *w);
 
 #ifdef __cplusplus

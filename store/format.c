@@ -1,0 +1,457 @@
+/* format.c : encode and decode the on-disk record (fst_format.h). */
+#include "store_impl.h"
+
+#include "fst_config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <xxhash.h>
+
+/* Fixed-width little-endian loads and stores: the header may sit at any
+ * address (a hand-made value need not be aligned) and the format is
+ * little-endian whatever the host. */
+static uint16_t ld16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] | (unsigned)p[1] << 8);
+}
+static uint32_t ld32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+static uint64_t ld64(const unsigned char *p)
+{
+    return (uint64_t)ld32(p) | (uint64_t)ld32(p + 4) << 32;
+}
+static void st16(unsigned char *p, uint16_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+}
+static void st32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+static void st64(unsigned char *p, uint64_t v)
+{
+    st32(p, (uint32_t)v);
+    st32(p + 4, (uint32_t)(v >> 32));
+}
+static float ldf32(const unsigned char *p)
+{
+    uint32_t b = ld32(p);
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+static void stf32(unsigned char *p, float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    st32(p, b);
+}
+
+/* The smallest offset >= off that lands on a 64-byte boundary in the map,
+ * given that the value itself starts FST_REC_MAP_SKEW past one. */
+static uint64_t place(uint64_t off)
+{
+    uint64_t r = off % FST_REC_ALIGN;
+    return off + (FST_REC_BLOCK_PHASE + FST_REC_ALIGN - r) % FST_REC_ALIGN;
+}
+
+/* n * d * size, or false on overflow. */
+static bool desc_bytes(uint64_t n, uint64_t d, uint64_t size, uint64_t *out)
+{
+    if (d != 0 && n > UINT64_MAX / d)
+        return false;
+    uint64_t nd = n * d;
+    if (size != 0 && nd > UINT64_MAX / size)
+        return false;
+    *out = nd * size;
+    return true;
+}
+
+static bool has_scores(const fst_image *img)
+{
+    return img->scores != NULL || (img->flags & FST_VIEW_HAS_SCORES);
+}
+
+typedef struct layout {
+    uint64_t name_off, name_len, kp_off, kp_len, sc_off, sc_len,
+             desc_off, desc_len, payload_end, value_len;
+} layout;
+
+static bool plan(const fst_image *img, layout *L)
+{
+    size_t dsize = fst_dtype_size(img->dtype);
+    memset(L, 0, sizeof *L);
+    L->name_off = FST_REC_HEADER_SIZE;
+    L->name_len = (img->name ? strlen(img->name) : 0) + 1;
+    L->kp_off = place(L->name_off + L->name_len);
+    L->kp_len = (uint64_t)img->n * 2 * sizeof(float);
+    uint64_t end = L->kp_off + L->kp_len;
+    if (has_scores(img)) {
+        L->sc_off = place(end);
+        L->sc_len = (uint64_t)img->n * sizeof(float);
+        end = L->sc_off + L->sc_len;
+    }
+    L->desc_off = place(end);
+    if (!desc_bytes(img->n, img->d, dsize, &L->desc_len) ||
+        L->desc_len > SIZE_MAX / 2)
+        return false;
+    L->payload_end = L->desc_off + L->desc_len;
+    L->value_len = L->payload_end < FST_REC_MIN_SIZE ? FST_REC_MIN_SIZE
+                                                     : L->payload_end;
+    return L->value_len <= SIZE_MAX;
+}
+
+size_t fst__record_size(const fst_image *img, uint64_t *payload_len)
+{
+    layout L;
+    if (!plan(img, &L))
+        return 0;
+    if (payload_len)
+        *payload_len = L.payload_end - FST_REC_HEADER_SIZE;
+    return (size_t)L.value_len;
+}
+
+fst_status fst__record_encode(const fst_image *img, uint64_t gen, void *buf,
+                              size_t len)
+{
+    layout L;
+    if (!plan(img, &L) || L.value_len != len)
+        return fst__fail(FST_EINVAL, "record of image '%s': buffer of %zu "
+                         "bytes for a record of %llu", img->name, len,
+                         (unsigned long long)L.value_len);
+    unsigned char *v = buf;
+    uint32_t flags = img->flags & ~(uint32_t)FST_VIEW_HAS_SCORES;
+    if (has_scores(img))
+        flags |= FST_VIEW_HAS_SCORES;
+
+    memset(v, 0, len);
+    memcpy(v + FST_REC_OFF_MAGIC, FST_REC_MAGIC, 4);
+    st16(v + FST_REC_OFF_MAJOR, FST_FORMAT_MAJOR);
+    st16(v + FST_REC_OFF_MINOR, FST_FORMAT_MINOR);
+    st32(v + FST_REC_OFF_HEADER_SIZE, FST_REC_HEADER_SIZE);
+    st32(v + FST_REC_OFF_DTYPE, (uint32_t)img->dtype);
+    st32(v + FST_REC_OFF_FLAGS, flags);
+    st32(v + FST_REC_OFF_N, img->n);
+    st32(v + FST_REC_OFF_D, img->d);
+    stf32(v + FST_REC_OFF_UNCERTAINTY, img->uncertainty);
+    st64(v + FST_REC_OFF_IMAGE_SIZE, (uint64_t)img->image_size[0]);
+    st64(v + FST_REC_OFF_IMAGE_SIZE + 8, (uint64_t)img->image_size[1]);
+    st64(v + FST_REC_OFF_GENERATION, gen);
+    st64(v + FST_REC_OFF_PAYLOAD_LEN, L.payload_end - FST_REC_HEADER_SIZE);
+    st32(v + FST_REC_OFF_NAME, (uint32_t)L.name_off);
+    st32(v + FST_REC_OFF_NAME + 4, (uint32_t)L.name_len);
+    st64(v + FST_REC_OFF_KP, L.kp_off);
+    st64(v + FST_REC_OFF_KP + 8, L.kp_len);
+    st64(v + FST_REC_OFF_SCORES, L.sc_off);
+    st64(v + FST_REC_OFF_SCORES + 8, L.sc_len);
+    st64(v + FST_REC_OFF_DESC, L.desc_off);
+    st64(v + FST_REC_OFF_DESC + 8, L.desc_len);
+
+    /* Arrays are copied as the host holds them: the format is little-endian
+     * and so is every host featstore builds for (checked below). */
+    if (L.name_len > 1)
+        memcpy(v + L.name_off, img->name, L.name_len - 1);
+    if (L.kp_len)
+        memcpy(v + L.kp_off, img->keypoints, L.kp_len);
+    if (L.sc_len && img->scores)
+        memcpy(v + L.sc_off, img->scores, L.sc_len);
+    if (L.desc_len)
+        memcpy(v + L.desc_off, img->desc, L.desc_len);
+
+    uint64_t h = XXH3_64bits(v + FST_REC_CHECKSUM_FROM,
+                             L.payload_end - FST_REC_CHECKSUM_FROM);
+    st64(v + FST_REC_OFF_CHECKSUM, h);
+    return FST_OK;
+}
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#  error "featstore stores arrays little-endian and maps them as they are"
+#endif
+
+/* Is block [off, off+len) inside [lo, hi)? Overflow-safe. */
+static bool inside(uint64_t off, uint64_t len, uint64_t lo, uint64_t hi)
+{
+    return off >= lo && off <= hi && len <= hi - off;
+}
+
+fst_status fst__record_decode(const void *val, size_t len, const void *key,
+                              size_t keylen, unsigned how, fst_view *out,
+                              fst__rec_info *info)
+{
+    const unsigned char *v = val;
+    if (len < 8)
+        return fst__fail(FST_ECORRUPT, "value of %zu bytes is too short for "
+                         "a record header", len);
+    if (memcmp(v, FST_REC_MAGIC, 4) != 0)
+        return fst__fail(FST_ECORRUPT, "bad magic (not a featstore record)");
+    unsigned major = ld16(v + FST_REC_OFF_MAJOR);
+    unsigned minor = ld16(v + FST_REC_OFF_MINOR);
+    if (major > FST_FORMAT_MAJOR)
+        return fst__fail(FST_EVERSION, "record format %u.%u; this featstore "
+                         "(%s) reads format %d.x: upgrade featstore",
+                         major, minor, FST_VERSION_STRING, FST_FORMAT_MAJOR);
+    if (major < 1)
+        return fst__fail(FST_ECORRUPT, "record format %u.%u does not exist",
+                         major, minor);
+    if (len < FST_REC_HEADER_SIZE)
+        return fst__fail(FST_ECORRUPT, "value of %zu bytes is shorter than "
+                         "the %u-byte record header", len, FST_REC_HEADER_SIZE);
+
+    uint64_t hsize = ld32(v + FST_REC_OFF_HEADER_SIZE);
+    uint64_t plen = ld64(v + FST_REC_OFF_PAYLOAD_LEN);
+    if (hsize < FST_REC_HEADER_SIZE || hsize > len)
+        return fst__fail(FST_ECORRUPT, "header size %llu outside [%u, %zu]",
+                         (unsigned long long)hsize, FST_REC_HEADER_SIZE, len);
+    if (plen > len - hsize)
+        return fst__fail(FST_ECORRUPT, "payload of %llu bytes runs past the "
+                         "end of the %zu-byte value",
+                         (unsigned long long)plen, len);
+    uint64_t pend = hsize + plen;
+
+    uint32_t dtype = ld32(v + FST_REC_OFF_DTYPE);
+    uint32_t flags = ld32(v + FST_REC_OFF_FLAGS);
+    uint32_t n = ld32(v + FST_REC_OFF_N);
+    uint32_t d = ld32(v + FST_REC_OFF_D);
+    size_t dsize = fst_dtype_size((fst_dtype)dtype);
+    if (dsize == 0)
+        return fst__fail(FST_ECORRUPT, "unknown descriptor dtype %u", dtype);
+    if (n > 0 && d == 0)
+        return fst__fail(FST_ECORRUPT, "%u keypoints but descriptor "
+                         "dimension 0", n);
+
+    static const struct { int off; const char *what; } blk[4] = {
+        { FST_REC_OFF_NAME, "name" }, { FST_REC_OFF_KP, "keypoint" },
+        { FST_REC_OFF_SCORES, "score" }, { FST_REC_OFF_DESC, "descriptor" },
+    };
+    uint64_t off[4], blen[4];
+    off[0] = ld32(v + FST_REC_OFF_NAME);
+    blen[0] = ld32(v + FST_REC_OFF_NAME + 4);
+    for (int i = 1; i < 4; i++) {
+        off[i] = ld64(v + blk[i].off);
+        blen[i] = ld64(v + blk[i].off + 8);
+    }
+    bool scores = flags & FST_VIEW_HAS_SCORES;
+    for (int i = 0; i < 4; i++) {
+        if (i == 2 && !scores)
+            continue;
+        if (!inside(off[i], blen[i], hsize, pend))
+            return fst__fail(FST_ECORRUPT, "%s block [%llu, +%llu) outside "
+                             "the payload [%llu, %llu)", blk[i].what,
+                             (unsigned long long)off[i],
+                             (unsigned long long)blen[i],
+                             (unsigned long long)hsize,
+                             (unsigned long long)pend);
+    }
+
+    /* Lengths must be what n and d say, so that a reader trusting n and d
+     * stays inside the blocks. */
+    uint64_t want_desc = 0;
+    if (!desc_bytes(n, d, dsize, &want_desc) || blen[3] != want_desc)
+        return fst__fail(FST_ECORRUPT, "descriptor block of %llu bytes; "
+                         "%u x %u %s needs %llu", (unsigned long long)blen[3],
+                         n, d, fst_dtype_name((fst_dtype)dtype),
+                         (unsigned long long)want_desc);
+    if (blen[1] != (uint64_t)n * 8)
+        return fst__fail(FST_ECORRUPT, "keypoint block of %llu bytes; %u "
+                         "keypoints need %llu", (unsigned long long)blen[1], n,
+                         (unsigned long long)n * 8);
+    if (scores ? blen[2] != (uint64_t)n * 4 : (blen[2] != 0 || off[2] != 0))
+        return fst__fail(FST_ECORRUPT, "score block of %llu bytes with %u "
+                         "keypoints and%s scores", (unsigned long long)blen[2],
+                         n, scores ? "" : " no");
+
+    const char *name = (const char *)v + off[0];
+    if (blen[0] == 0 || name[blen[0] - 1] != '\0' ||
+        memchr(name, '\0', blen[0] - 1) != NULL)
+        return fst__fail(FST_ECORRUPT, "name block is not one NUL-terminated "
+                         "string");
+    if (key && (keylen != blen[0] - 1 || memcmp(key, name, keylen) != 0)) {
+        char b[FST__NAME_MSG];
+        return fst__fail(FST_ECORRUPT, "record names image '%s', not its key",
+                         fst__name_for_msg(b, name, blen[0] - 1));
+    }
+
+    const unsigned char *kp = v + off[1], *sc = scores ? v + off[2] : NULL,
+                        *desc = v + off[3];
+    if ((how & FST__DEC_ALIGN) &&
+        (((uintptr_t)kp | (uintptr_t)desc | (uintptr_t)sc) % 16) != 0)
+        return fst__fail(FST_ECORRUPT, "blocks not 16-byte aligned in memory "
+                         "(keypoints at %p, descriptors at %p)",
+                         (const void *)kp, (const void *)desc);
+
+    if (how & FST__DEC_CHECKSUM) {
+        uint64_t want = ld64(v + FST_REC_OFF_CHECKSUM);
+        uint64_t got = XXH3_64bits(v + FST_REC_CHECKSUM_FROM,
+                                   pend - FST_REC_CHECKSUM_FROM);
+        if (got != want)
+            return fst__fail(FST_ECORRUPT, "checksum mismatch: stored "
+                             "%016llx, computed %016llx",
+                             (unsigned long long)want, (unsigned long long)got);
+    }
+
+    if (info) {
+        info->generation = ld64(v + FST_REC_OFF_GENERATION);
+        info->payload_len = plen;
+        info->checksum = ld64(v + FST_REC_OFF_CHECKSUM);
+    }
+    out->name = name;
+    out->n = n;
+    out->d = d;
+    out->dtype = (fst_dtype)dtype;
+    out->flags = flags;
+    out->image_size[0] = (int64_t)ld64(v + FST_REC_OFF_IMAGE_SIZE);
+    out->image_size[1] = (int64_t)ld64(v + FST_REC_OFF_IMAGE_SIZE + 8);
+    out->uncertainty = ldf32(v + FST_REC_OFF_UNCERTAINTY);
+    out->keypoints = (const float *)(const void *)kp;
+    out->scores = (const float *)(const void *)sc;
+    out->desc = desc;
+    return FST_OK;
+}
+
+/* Index of the first non-finite binary32 in a[0..count), or count. The
+ * first pass only ORs a flag so that it vectorizes: clean data, the common
+ * case, costs one streaming read. */
+static size_t first_bad_f32(const float *a, size_t count)
+{
+    const unsigned char *p = (const unsigned char *)a;
+    uint32_t bad = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t b;
+        memcpy(&b, p + 4 * i, 4);
+        bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
+    if (!bad)
+        return count;
+    for (size_t i = 0; i < count; i++)
+        if (!isfinite(a[i]))
+            return i;
+    return count;
+}
+
+static size_t first_bad_f16(const uint16_t *a, size_t count)
+{
+    const unsigned char *p = (const unsigned char *)a;
+    unsigned bad = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        bad |= (h & 0x7c00u) == 0x7c00u;
+    }
+    if (!bad)
+        return count;
+    for (size_t i = 0; i < count; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        if ((h & 0x7c00u) == 0x7c00u)
+            return i;
+    }
+    return count;
+}
+
+static const char *nan_or_inf(double x) { return isnan(x) ? "NaN" : "Inf"; }
+
+fst_status fst__image_check(const fst_image *img)
+{
+    char b[FST__NAME_MSG];
+    if (!img || !img->name || !img->name[0])
+        return fst__fail(FST_EINVAL, "image with an empty name");
+    const char *nm = fst__name_for_msg(b, img->name, strlen(img->name));
+    if (fst_dtype_size(img->dtype) == 0)
+        return fst__fail(FST_EINVAL, "image '%s': unknown descriptor dtype %d",
+                         nm, (int)img->dtype);
+    if (img->n > 0) {
+        if (img->d == 0)
+            return fst__fail(FST_EINVAL, "image '%s': %u keypoints but "
+                             "descriptor dimension 0", nm, img->n);
+        if (!img->keypoints || !img->desc)
+            return fst__fail(FST_EINVAL, "image '%s': %u keypoints but no "
+                             "keypoint or descriptor array", nm, img->n);
+        if ((img->flags & FST_VIEW_HAS_SCORES) && !img->scores)
+            return fst__fail(FST_EINVAL, "image '%s': flagged with scores "
+                             "but no score array", nm);
+    }
+    if (fst__record_size(img, NULL) == 0)
+        return fst__fail(FST_EINVAL, "image '%s': %u x %u descriptors are "
+                         "too large", nm, img->n, img->d);
+
+    size_t n = img->n, i;
+    if ((i = first_bad_f32(img->keypoints, n * 2)) < n * 2)
+        return fst__fail(FST_EINVAL, "image '%s': keypoints[%zu][%zu] is %s",
+                         nm, i / 2, i % 2, nan_or_inf(img->keypoints[i]));
+    if (img->scores && (i = first_bad_f32(img->scores, n)) < n)
+        return fst__fail(FST_EINVAL, "image '%s': scores[%zu] is %s", nm, i,
+                         nan_or_inf(img->scores[i]));
+    size_t nd = n * img->d;
+    if (img->dtype == FST_DTYPE_F32) {
+        const float *dd = img->desc;
+        if ((i = first_bad_f32(dd, nd)) < nd)
+            return fst__fail(FST_EINVAL, "image '%s': descriptors[%zu][%zu] "
+                             "(keypoint, dimension) is %s", nm, i / img->d,
+                             i % img->d, nan_or_inf(dd[i]));
+    } else {
+        const uint16_t *dh = img->desc;
+        if ((i = first_bad_f16(dh, nd)) < nd)
+            return fst__fail(FST_EINVAL, "image '%s': descriptors[%zu][%zu] "
+                             "(keypoint, dimension) is %s", nm, i / img->d,
+                             i % img->d, nan_or_inf(fst_f16_to_f32(dh[i])));
+    }
+    return FST_OK;
+}
+
+static uint64_t data_bytes(uint64_t n, uint64_t d, fst_dtype dt, bool sc)
+{
+    return n * 2 * sizeof(float) + (sc ? n * sizeof(float) : 0) +
+           n * d * fst_dtype_size(dt);
+}
+
+uint64_t fst__image_data_bytes(const fst_image *img)
+{
+    return data_bytes(img->n, img->d, img->dtype, has_scores(img));
+}
+
+uint64_t fst__view_data_bytes(const fst_view *v)
+{
+    return data_bytes(v->n, v->d, v->dtype, v->scores != NULL);
+}
+
+static bool same_float(float a, float b)
+{
+    if (isnan(a) && isnan(b))
+        return true;
+    return memcmp(&a, &b, sizeof a) == 0;
+}
+
+bool fst__image_same(const fst_view *v, const fst_image *img)
+{
+    uint32_t flags = img->flags & ~(uint32_t)FST_VIEW_HAS_SCORES;
+    if (has_scores(img))
+        flags |= FST_VIEW_HAS_SCORES;
+    if (v->n != img->n || v->d != img->d || v->dtype != img->dtype ||
+        v->flags != flags || v->image_size[0] != img->image_size[0] ||
+        v->image_size[1] != img->image_size[1] ||
+        !same_float(v->uncertainty, img->uncertainty))
+        return false;
+    size_t n = img->n;
+    if (n && memcmp(v->keypoints, img->keypoints, n * 2 * sizeof(float)))
+        return false;
+    if (n && img->scores && memcmp(v->scores, img->scores, n * sizeof(float)))
+        return false;
+    size_t db = n * img->d * fst_dtype_size(img->dtype);
+    return db == 0 || memcmp(v->desc, img->desc, db) == 0;
+}
+
+const char *fst__name_for_msg(char *buf, const char *name, size_t len)
+{
+    if (len < 80) {
+        snprintf(buf, FST__NAME_MSG, "%.*s", (int)len, name);
+    } else {
+        snprintf(buf, FST__NAME_MSG, "%.60s...(%zu bytes)", name, len);
+    }
+    return buf;
+}

@@ -1,0 +1,172 @@
+/* store_impl.h : the store module's private helpers; not public.
+ *
+ * The first part names no LMDB type and may be used by tests and loaders/
+ * (record codec, checks, test hooks). The second part, compiled only when a
+ * store/ source defines FST_STORE_LMDB before including this header, holds
+ * what store.c and writer.c share about LMDB; lmdb.h appears nowhere else.
+ */
+#ifndef FST_STORE_IMPL_H
+#define FST_STORE_IMPL_H
+
+#include "base_impl.h"
+#include "fst_format.h"
+#include "fst_store.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- the record codec (format.c) ---- */
+
+/* fst__record_size() :
+ * Bytes of the LMDB value that encodes `img` (>= FST_REC_MIN_SIZE); the
+ * payload length goes to *payload_len (may be NULL). 0 if the sizes
+ * overflow. Checks nothing else (see fst__image_check()). Any thread. */
+size_t fst__record_size(const fst_image *img, uint64_t *payload_len);
+
+/* fst__record_encode() :
+ * Encode `img` as a format-1.0 record of generation `gen` into buf[0..len),
+ * len == fst__record_size(img). Every byte of buf is written (padding is
+ * zero) and the checksum is set. The FST_VIEW_HAS_SCORES flag is set if
+ * img->scores is non-NULL. Any thread.
+ * @return FST_OK; FST_EINVAL (len is not the record's size). */
+fst_status fst__record_encode(const fst_image *img, uint64_t gen, void *buf,
+                              size_t len);
+
+/* How fst__record_decode() checks. */
+enum {
+    FST__DEC_CHECKSUM = 1u << 0,   /* re-compute the XXH3 checksum */
+    FST__DEC_ALIGN    = 1u << 1,   /* blocks must be 16-byte aligned in memory */
+};
+
+/* What a record's header says besides the view. */
+typedef struct fst__rec_info {
+    uint64_t generation;    /* the write that added the record */
+    uint64_t payload_len;
+    uint64_t checksum;      /* as stored */
+} fst__rec_info;
+
+/* fst__record_decode() :
+ * Check the record val[0..len) and describe it in *out (pointers into val).
+ * Bounds are always checked: no byte outside val[0..len) is ever read. If
+ * key is non-NULL the name block must equal key[0..keylen). *info (may be
+ * NULL) receives generation, payload length and checksum. On failure *out
+ * and *info are untouched and the detail says what is wrong, without
+ * naming store or image (the caller prefixes them).
+ * @return FST_OK; FST_ECORRUPT; FST_EVERSION (a newer major version). */
+fst_status fst__record_decode(const void *val, size_t len, const void *key,
+                              size_t keylen, unsigned how, fst_view *out,
+                              fst__rec_info *info);
+
+/* fst__image_check() :
+ * Check an image before writing: a name, a known dtype, arrays present for
+ * n > 0, d > 0 when n > 0, and no NaN or Inf in keypoints, scores or
+ * descriptors. The detail names the image and the first bad element.
+ * @return FST_OK; FST_EINVAL. */
+fst_status fst__image_check(const fst_image *img);
+
+/* fst__image_data_bytes() : keypoint, score and descriptor bytes of an
+ * image (what meta `payload_bytes` sums); fst__view_data_bytes() : same
+ * for a view. */
+uint64_t fst__image_data_bytes(const fst_image *img);
+uint64_t fst__view_data_bytes(const fst_view *v);
+
+/* fst__image_same() : true if view v holds exactly img's content (flags,
+ * sizes, uncertainty and every array byte for byte). */
+bool fst__image_same(const fst_view *v, const fst_image *img);
+
+/* fst__name_for_msg() :
+ * Print name[0..len) for an error message into buf (size >= FST__NAME_MSG):
+ * as is when short, else its first bytes, "..." and its length in bytes.
+ * Returns buf. */
+#define FST__NAME_MSG 128
+const char *fst__name_for_msg(char *buf, const char *name, size_t len);
+
+/* ---- test and loader hooks (store.c, writer.c) ---- */
+
+/* fst__store_map_range() :
+ * The address range of st's memory map, to prove that views point into it.
+ * @return FST_OK; FST_EIO. */
+fst_status fst__store_map_range(fst_store *st, const void **base, size_t *len);
+
+/* fst__store_stale_cleared() : reader slots of dead processes that
+ * fst_store_open() cleared in this handle's lock table. */
+unsigned fst__store_stale_cleared(const fst_store *st);
+
+/* fst__store_reader_slots() :
+ * Count the reader slots in use in st's lock table (all processes, this one
+ * included; a pooled reader of this process keeps its slot).
+ * @return FST_OK; FST_EIO. */
+fst_status fst__store_reader_slots(fst_store *st, unsigned *n);
+
+/* fst__store_put_raw() :
+ * Write bytes[0..len) as the value of key `name` in table `table`
+ * (FST_DB_IMAGES or FST_DB_META) of the store file at `path`, replacing
+ * what is there, in one committed transaction; bytes == NULL deletes the
+ * key. For tests that need hand-made (corrupt) records or meta. The store
+ * must not be open in this process.
+ * @return FST_OK; FST_EIO; FST_ENOTFOUND (delete of a missing key). */
+fst_status fst__store_put_raw(const char *path, const char *table,
+                              const char *name, const void *bytes, size_t len);
+
+/* fst__writer_set_batch() :
+ * Commit a batch every `records` records or `bytes` payload bytes, whichever
+ * comes first (defaults 1000 and 64 MB). For tests of interrupted writes. */
+void fst__writer_set_batch(fst_writer *w, unsigned records, uint64_t bytes);
+
+/* fst__writer_tmp_path() : CREATE: the temporary file being written; NULL
+ * in APPEND mode. Owned by w. */
+const char *fst__writer_tmp_path(const fst_writer *w);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ---- shared by store.c and writer.c only ---- */
+#ifdef FST_STORE_LMDB
+#include <lmdb.h>
+#include <sys/stat.h>
+
+/* Lock table size: the issue asks for >= 1024 concurrent readers. */
+#define FST__MAX_READERS 4096
+#define FST__MAX_DBS     4
+
+/* fst__from_mdb() :
+ * Our status for LMDB or errno code rc (MDB_SUCCESS -> FST_OK), with a
+ * detail "<what>: <LMDB's message>" (printf format). MDB_NOTFOUND ->
+ * FST_ENOTFOUND, MDB_MAP_FULL / ENOSPC / EDQUOT -> FST_EFULL, ENOMEM ->
+ * FST_ENOMEM, MDB_INVALID / MDB_VERSION_MISMATCH -> FST_EFORMAT, anything
+ * else -> FST_EIO. */
+fst_status fst__from_mdb(int rc, const char *fmt, ...) FST_PRINTF(2, 3);
+
+/* fst__meta_u64() : read an 8-byte integer value of the meta table.
+ * @return MDB_SUCCESS; MDB_NOTFOUND; MDB_BAD_VALSIZE (not 8 bytes). */
+int fst__meta_u64(MDB_txn *txn, MDB_dbi meta, const char *key, uint64_t *v);
+
+/* fst__meta_put_u64() / fst__meta_put_str() : write a meta value. */
+int fst__meta_put_u64(MDB_txn *txn, MDB_dbi meta, const char *key, uint64_t v);
+int fst__meta_put_str(MDB_txn *txn, MDB_dbi meta, const char *key,
+                      const char *s);
+
+/* fst__meta_read() :
+ * Fill *out from the meta table and check that the store can be read:
+ * format major (FST_EVERSION if newer, detail names both versions) and the
+ * complete marker (FST_EFORMAT "incomplete import"). *gen receives the
+ * last completed write's generation. `path` names the store in details.
+ * @return FST_OK; FST_EFORMAT; FST_EVERSION; FST_ECORRUPT; FST_EIO. */
+fst_status fst__meta_read(MDB_txn *txn, MDB_dbi meta, const char *path,
+                          fst_store_meta *out, uint64_t *gen);
+
+/* fst__claim_write() :
+ * Register that this process is about to write the store file `sb`
+ * describes through its own LMDB environment (APPEND, raw writes). LMDB
+ * breaks when a process opens one file twice, so this refuses if the
+ * process has the store open for reading (FST_EINVAL) or is already
+ * writing it (FST_EEXIST). fst__release_write() ends the claim.
+ * @return FST_OK; FST_EINVAL; FST_EEXIST; FST_ENOMEM. */
+fst_status fst__claim_write(const char *path, const struct stat *sb);
+void fst__release_write(const struct stat *sb);
+
+#endif /* FST_STORE_LMDB */
+
+#endif /* FST_STORE_IMPL_H */

@@ -1,0 +1,656 @@
+/* writer.c : creating a store and appending to one.
+ *
+ * CREATE writes `<path>.tmp-<pid>` in batches (each committed without fsync:
+ * the file is thrown away if anything fails), then meta and the complete
+ * marker, fsync, and renames it to `path` without replacing anything.
+ *
+ * APPEND also commits in batches, because LMDB keeps every dirty page of a
+ * transaction in memory until commit, and a record is one dirty-list entry
+ * however large it is: one transaction for a whole append would hold the
+ * whole append in RAM. Atomicity comes from generations instead: each
+ * record carries the generation of the write that added it, readers see
+ * only records whose generation is <= meta `generation`, and the final
+ * commit bumps `generation` together with the counts. Until then the new
+ * records are invisible; after a crash they stay invisible and the next
+ * append (or an abort) deletes them, found through the `pending` table.
+ */
+#define FST_STORE_LMDB
+#include "store_impl.h"
+
+#include "fst_config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BATCH_RECORDS   1000
+#define BATCH_BYTES     (64ull << 20)
+#define MAP_INITIAL     (16ull << 20)
+#define MAP_ROUND       (1ull << 20)
+
+struct fst_writer {
+    fst_write_mode mode;
+    char       *path;
+    char       *tmp, *tmplock;      /* CREATE only */
+    int         lockfd;             /* APPEND: flock(2) on the store file */
+    struct stat sb;                 /* APPEND: the store file */
+    bool        claimed;            /* fst__claim_write() holds sb */
+    MDB_env    *env;
+    MDB_txn    *txn;
+    MDB_dbi     images, meta, pending;
+    bool        failed;
+    uint64_t    gen;                /* generation of this write */
+    size_t      maxkey;
+    uint64_t    psize, mapsize;
+    uint64_t    used_pages;         /* as of the last commit */
+    uint64_t    batch_pages, batch_bytes;
+    unsigned    batch_records;
+    unsigned    max_records;
+    uint64_t    max_bytes;
+    uint32_t    d;                  /* the store's; 0 until known */
+    fst_dtype   dtype;
+    fst_store_meta old;             /* APPEND: meta before this write */
+    uint64_t    add_images, add_keypoints, add_payload;
+};
+
+static fst_status fail(fst_writer *w, fst_status s)
+{
+    w->failed = true;
+    return s;
+}
+
+static char *concat(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *s = malloc(la + lb + 1);
+    if (s) {
+        memcpy(s, a, la);
+        memcpy(s + la, b, lb + 1);
+    }
+    return s;
+}
+
+/* Directory and base name of path, without modifying it. */
+static void split_path(const char *path, char *dir, size_t dcap,
+                       const char **base)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) {
+        snprintf(dir, dcap, ".");
+        *base = path;
+    } else if (slash == path) {
+        snprintf(dir, dcap, "/");
+        *base = slash + 1;
+    } else {
+        snprintf(dir, dcap, "%.*s", (int)(slash - path), path);
+        *base = slash + 1;
+    }
+}
+
+/* Remove `<path>.tmp-<pid>` and `<path>.tmp-<pid>-lock` left by dead
+ * processes (kill -9, power loss), so that running the import again just
+ * works. Our own pid's leftovers are stale too: we are about to create it. */
+static void remove_stale_tmps(const char *path)
+{
+    char dir[4096];
+    const char *base;
+    split_path(path, dir, sizeof dir, &base);
+    size_t bl = strlen(base);
+    DIR *dp = opendir(dir);
+    if (!dp)
+        return;
+    struct dirent *e;
+    while ((e = readdir(dp)) != NULL) {
+        const char *nm = e->d_name;
+        if (strncmp(nm, base, bl) != 0 || strncmp(nm + bl, ".tmp-", 5) != 0)
+            continue;
+        char *end;
+        errno = 0;
+        long pid = strtol(nm + bl + 5, &end, 10);
+        if (errno || end == nm + bl + 5 || pid <= 0 ||
+            (*end && strcmp(end, "-lock") != 0))
+            continue;
+        bool dead = (pid_t)pid == getpid() ||
+                    (kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+        if (!dead)
+            continue;
+        char full[8192];
+        snprintf(full, sizeof full, "%s/%s", dir, nm);
+        unlink(full);
+    }
+    closedir(dp);
+}
+
+static fst_status sync_dir(const char *path)
+{
+    char dir[4096];
+    const char *base;
+    split_path(path, dir, sizeof dir, &base);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return fst__fail(FST_EIO, "%s: %s", dir, strerror(errno));
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    if (rc != 0)
+        return fst__fail(e == ENOSPC ? FST_EFULL : FST_EIO, "%s: fsync: %s",
+                         dir, strerror(e));
+    return FST_OK;
+}
+
+/* rename(2) that never replaces an existing `to`. */
+static int rename_noreplace(const char *from, const char *to)
+{
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+    if (link(from, to) != 0)        /* file system without RENAME_NOREPLACE */
+        return -1;
+    unlink(from);
+    return 0;
+}
+
+static fst_status begin_txn(fst_writer *w)
+{
+    int rc = mdb_txn_begin(w->env, NULL, 0, &w->txn);
+    if (rc) {
+        w->txn = NULL;
+        return fail(w, fst__from_mdb(rc, "%s: starting a write", w->path));
+    }
+    return FST_OK;
+}
+
+static fst_status refresh_used(fst_writer *w)
+{
+    MDB_envinfo info;
+    MDB_stat ms;
+    int rc = mdb_env_info(w->env, &info);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_env_stat(w->env, &ms);
+    if (rc)
+        return fail(w, fst__from_mdb(rc, "%s", w->path));
+    w->used_pages = (uint64_t)info.me_last_pgno + 1;
+    w->mapsize = info.me_mapsize;
+    w->psize = ms.ms_psize;
+    return FST_OK;
+}
+
+/* Commit what the current transaction holds; start another unless last. */
+static fst_status commit(fst_writer *w, bool again)
+{
+    int rc = mdb_txn_commit(w->txn);
+    w->txn = NULL;
+    if (rc)
+        return fail(w, fst__from_mdb(rc, "%s: committing", w->tmp ? w->tmp
+                                                                  : w->path));
+    w->batch_pages = w->batch_bytes = 0;
+    w->batch_records = 0;
+    fst_status s = refresh_used(w);
+    if (s == FST_OK && again)
+        s = begin_txn(w);
+    return s;
+}
+
+/* Make sure a record of `bytes` fits in the map. The map can only grow
+ * between transactions, so this commits the current batch first. The
+ * estimate is pessimistic: every record's overflow pages, one B-tree page
+ * per record touched, and some slack for the free list. */
+static fst_status ensure_room(fst_writer *w, uint64_t bytes)
+{
+    uint64_t rec = (bytes + 16 + w->psize - 1) / w->psize;
+    uint64_t need = w->used_pages + w->batch_pages + w->batch_records + rec +
+                    256;
+    if (need * w->psize <= w->mapsize)
+        return FST_OK;
+    fst_status s = commit(w, false);
+    if (s)
+        return s;
+    uint64_t want = (w->used_pages + 2 * rec + 1024) * w->psize;
+    uint64_t size = w->mapsize * 2 > want ? w->mapsize * 2 : want;
+    size = (size + MAP_ROUND - 1) / MAP_ROUND * MAP_ROUND;
+    if (size > SIZE_MAX)
+        return fail(w, fst__fail(FST_EFULL, "%s: map of %llu bytes does not "
+                                 "fit the address space", w->path,
+                                 (unsigned long long)size));
+    int rc = mdb_env_set_mapsize(w->env, (size_t)size);
+    if (rc)
+        return fail(w, fst__from_mdb(rc, "%s: growing the map to %llu bytes",
+                                     w->path, (unsigned long long)size));
+    w->mapsize = size;
+    return begin_txn(w);
+}
+
+static fst_status env_open(fst_writer *w, const char *file, unsigned flags,
+                           uint64_t mapsize)
+{
+    fst_status s;
+    FST_TRY(fst__from_mdb(mdb_env_create(&w->env), "%s", file));
+    FST_TRY(fst__from_mdb(mdb_env_set_maxreaders(w->env, FST__MAX_READERS),
+                          "%s", file));
+    FST_TRY(fst__from_mdb(mdb_env_set_maxdbs(w->env, FST__MAX_DBS), "%s",
+                          file));
+    if (mapsize)
+        FST_TRY(fst__from_mdb(mdb_env_set_mapsize(w->env, mapsize), "%s",
+                              file));
+    int rc = mdb_env_open(w->env, file, flags | MDB_NOSUBDIR, 0644);
+    if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH)
+        return fst__fail(FST_EFORMAT, "%s: not a featstore store (%s)", file,
+                         mdb_strerror(rc));
+    FST_TRY(fst__from_mdb(rc, "%s", file));
+    int dead;
+    mdb_reader_check(w->env, &dead);
+    w->maxkey = (size_t)mdb_env_get_maxkeysize(w->env);
+    s = refresh_used(w);
+out:
+    return s;
+}
+
+/* Delete the records an unfinished append left (listed in `pending`, with
+ * a generation above the store's), and empty `pending`. In w->txn. */
+static fst_status drop_pending(fst_writer *w, uint64_t committed, bool *any)
+{
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(w->txn, w->pending, &c);
+    if (rc)
+        return fst__from_mdb(rc, "%s: pending table", w->path);
+    MDB_val k, v;
+    *any = false;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == MDB_SUCCESS;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        *any = true;
+        MDB_val rv;
+        int r2 = mdb_get(w->txn, w->images, &k, &rv);
+        if (r2 == MDB_NOTFOUND)
+            continue;
+        if (r2) {
+            rc = r2;
+            break;
+        }
+        /* Only a record that readers cannot see goes: read its generation
+         * straight from the header (it may be damaged elsewhere). */
+        const unsigned char *p = rv.mv_data;
+        if (rv.mv_size < FST_REC_OFF_GENERATION + 8 ||
+            memcmp(p, FST_REC_MAGIC, 4) != 0)
+            continue;
+        uint64_t g = 0;
+        for (int i = 7; i >= 0; i--)
+            g = g << 8 | p[FST_REC_OFF_GENERATION + i];
+        if (g > committed && (r2 = mdb_del(w->txn, w->images, &k, NULL))) {
+            rc = r2;
+            break;
+        }
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND)
+        return fst__from_mdb(rc, "%s: removing an unfinished append",
+                             w->path);
+    if (*any && (rc = mdb_drop(w->txn, w->pending, 0)))
+        return fst__from_mdb(rc, "%s: removing an unfinished append",
+                             w->path);
+    return FST_OK;
+}
+
+static void writer_free(fst_writer *w)
+{
+    if (w->txn)
+        mdb_txn_abort(w->txn);
+    if (w->env)
+        mdb_env_close(w->env);
+    if (w->lockfd >= 0)
+        close(w->lockfd);           /* releases the flock */
+    if (w->claimed)
+        fst__release_write(&w->sb);
+    free(w->path);
+    free(w->tmp);
+    free(w->tmplock);
+    free(w);
+}
+
+static fst_status open_create(fst_writer *w)
+{
+    struct stat sb;
+    if (lstat(w->path, &sb) == 0)
+        return fst__fail(FST_EEXIST, "%s: already exists (append to it, or "
+                         "remove it first)", w->path);
+    if (errno != ENOENT)
+        return fst__fail(FST_EIO, "%s: %s", w->path, strerror(errno));
+    remove_stale_tmps(w->path);
+    char suffix[32];
+    snprintf(suffix, sizeof suffix, ".tmp-%ld", (long)getpid());
+    w->tmp = concat(w->path, suffix);
+    w->tmplock = w->tmp ? concat(w->tmp, "-lock") : NULL;
+    if (!w->tmplock)
+        return fst__fail(FST_ENOMEM, "%s", w->path);
+    /* No fsync per batch: until the final sync and rename nobody can take
+     * the temporary file for a store. */
+    fst_status s = env_open(w, w->tmp, MDB_NOSYNC, MAP_INITIAL);
+    if (s)
+        return s;
+    FST_TRY(begin_txn(w));
+    FST_TRY(fst__from_mdb(mdb_dbi_open(w->txn, FST_DB_IMAGES, MDB_CREATE,
+                                       &w->images), "%s", w->tmp));
+    FST_TRY(fst__from_mdb(mdb_dbi_open(w->txn, FST_DB_META, MDB_CREATE,
+                                       &w->meta), "%s", w->tmp));
+    w->gen = 1;
+out:
+    return s;
+}
+
+static fst_status open_append(fst_writer *w)
+{
+    if (stat(w->path, &w->sb) != 0)
+        return fst__fail(FST_EIO, "%s: %s", w->path, strerror(errno));
+    fst_status s = fst__claim_write(w->path, &w->sb);
+    if (s)
+        return s;
+    w->claimed = true;
+    /* One writer at a time across its batches (LMDB only serializes single
+     * transactions). flock: LMDB's own locks are fcntl ones on -lock. */
+    w->lockfd = open(w->path, O_RDONLY | O_CLOEXEC);
+    if (w->lockfd < 0)
+        return fst__fail(FST_EIO, "%s: %s", w->path, strerror(errno));
+    if (flock(w->lockfd, LOCK_EX | LOCK_NB) != 0)
+        return fst__fail(errno == EWOULDBLOCK ? FST_EEXIST : FST_EIO,
+                         "%s: another import is writing to this store",
+                         w->path);
+    s = env_open(w, w->path, 0, 0);
+    if (s)
+        return s;
+    FST_TRY(begin_txn(w));
+    int rc = mdb_dbi_open(w->txn, FST_DB_META, 0, &w->meta);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_dbi_open(w->txn, FST_DB_IMAGES, 0, &w->images);
+    if (rc == MDB_NOTFOUND || rc == MDB_INCOMPATIBLE) {
+        s = fst__fail(FST_EFORMAT, "%s: not a featstore store (an LMDB file "
+                      "without featstore's tables)", w->path);
+        goto out;
+    }
+    FST_TRY(fst__from_mdb(rc, "%s: opening tables", w->path));
+    uint64_t committed;
+    FST_TRY(fst__meta_read(w->txn, w->meta, w->path, &w->old, &committed));
+    FST_TRY(fst__from_mdb(mdb_dbi_open(w->txn, FST_DB_PENDING, MDB_CREATE,
+                                       &w->pending), "%s", w->path));
+    bool any;
+    FST_TRY(drop_pending(w, committed, &any));
+    FST_TRY(commit(w, true));       /* table handles, and the cleanup */
+    w->gen = committed + 1;
+    w->d = w->old.d;
+    w->dtype = w->old.dtype;
+out:
+    return s;
+}
+
+fst_status fst_writer_open(const char *path, fst_write_mode mode,
+                           fst_writer **out)
+{
+    if (!path || !*path || !out ||
+        (mode != FST_WRITE_CREATE && mode != FST_WRITE_APPEND))
+        return fst__fail(FST_EINVAL, "fst_writer_open: bad arguments");
+    fst_writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return fst__fail(FST_ENOMEM, "%s", path);
+    w->lockfd = -1;
+    w->mode = mode;
+    w->max_records = BATCH_RECORDS;
+    w->max_bytes = BATCH_BYTES;
+    w->path = strdup(path);
+    if (!w->path) {
+        free(w);
+        return fst__fail(FST_ENOMEM, "%s", path);
+    }
+    fst_status s = mode == FST_WRITE_CREATE ? open_create(w) : open_append(w);
+    if (s) {
+        fst_writer_abort(w);
+        return s;
+    }
+    *out = w;
+    return FST_OK;
+}
+
+fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added)
+{
+    if (w->failed)
+        return fst__fail(FST_EINVAL, "%s: the writer failed earlier; only "
+                         "abort is left", w->path);
+    fst_status s = fst__image_check(img);
+    if (s)
+        return fail(w, s);
+    char b[FST__NAME_MSG];
+    size_t kl = strlen(img->name);
+    const char *nm = fst__name_for_msg(b, img->name, kl);
+    if (kl > w->maxkey)
+        return fail(w, fst__fail(FST_EINVAL, "image '%s': name of %zu bytes "
+                                 "is longer than the store's key limit of %zu "
+                                 "bytes", nm, kl, w->maxkey));
+    if (img->d != 0) {
+        if (w->d == 0) {
+            w->d = img->d;
+            w->dtype = img->dtype;
+        } else if (img->d != w->d || img->dtype != w->dtype) {
+            return fail(w, fst__fail(FST_EINVAL, "image '%s': %s x %u "
+                                     "descriptors; the store holds %s x %u",
+                                     nm, fst_dtype_name(img->dtype), img->d,
+                                     fst_dtype_name(w->dtype), w->d));
+        }
+    }
+
+    MDB_val k = { kl, (void *)img->name }, v;
+    int rc = mdb_get(w->txn, w->images, &k, &v);
+    if (rc == MDB_SUCCESS) {
+        fst_view old;
+        s = fst__record_decode(v.mv_data, v.mv_size, k.mv_data, k.mv_size,
+                               FST__DEC_CHECKSUM, &old, NULL);
+        if (s)
+            return fail(w, fst__failpre(s, "%s: image '%s' (already in the "
+                                        "store): ", w->path, nm));
+        if (!fst__image_same(&old, img))
+            return fail(w, fst__fail(FST_EEXIST, "image '%s' is already in "
+                                     "%s with different content", nm,
+                                     w->path));
+        if (added)
+            *added = 0;
+        return FST_OK;
+    }
+    if (rc != MDB_NOTFOUND)
+        return fail(w, fst__from_mdb(rc, "%s: image '%s'", w->path, nm));
+
+    size_t size = fst__record_size(img, NULL);
+    FST_TRY(ensure_room(w, size));
+    v.mv_size = size;
+    v.mv_data = NULL;
+    /* MDB_RESERVE: encode straight into LMDB's page, no staging copy. */
+    rc = mdb_put(w->txn, w->images, &k, &v, MDB_RESERVE | MDB_NOOVERWRITE);
+    if (rc)
+        return fail(w, fst__from_mdb(rc, "%s: writing image '%s'",
+                                     w->tmp ? w->tmp : w->path, nm));
+    FST_TRY(fst__record_encode(img, w->gen, v.mv_data, size));
+    if (w->mode == FST_WRITE_APPEND) {
+        unsigned char g[8];
+        for (int i = 0; i < 8; i++)
+            g[i] = (unsigned char)(w->gen >> (8 * i));
+        MDB_val gv = { 8, g };
+        rc = mdb_put(w->txn, w->pending, &k, &gv, 0);
+        if (rc)
+            return fail(w, fst__from_mdb(rc, "%s: writing image '%s'",
+                                         w->path, nm));
+    }
+    w->add_images++;
+    w->add_keypoints += img->n;
+    w->add_payload += fst__image_data_bytes(img);
+    w->batch_records++;
+    w->batch_bytes += size;
+    w->batch_pages += (size + 16 + w->psize - 1) / w->psize;
+    if (w->batch_records >= w->max_records || w->batch_bytes >= w->max_bytes)
+        FST_TRY(commit(w, true));
+    if (added)
+        *added = 1;
+    return FST_OK;
+out:
+    return fail(w, s);
+}
+
+static fst_status write_meta(fst_writer *w, const fst_source *src)
+{
+    MDB_txn *t = w->txn;
+    MDB_dbi m = w->meta;
+    int64_t now = (int64_t)time(NULL);
+    const fst_store_meta *o = &w->old;
+    int rc = 0;
+#define PUT(call) do { if (rc == 0) rc = (call); } while (0)
+    PUT(fst__meta_put_u64(t, m, FST_META_FORMAT_MAJOR, FST_FORMAT_MAJOR));
+    PUT(fst__meta_put_u64(t, m, FST_META_FORMAT_MINOR, FST_FORMAT_MINOR));
+    PUT(fst__meta_put_str(t, m, FST_META_VERSION, FST_VERSION_STRING));
+    PUT(fst__meta_put_u64(t, m, FST_META_D, w->d));
+    PUT(fst__meta_put_u64(t, m, FST_META_DTYPE, w->d ? (uint64_t)w->dtype
+                                                     : 0));
+    PUT(fst__meta_put_u64(t, m, FST_META_N_IMAGES,
+                          o->n_images + w->add_images));
+    PUT(fst__meta_put_u64(t, m, FST_META_N_KEYPOINTS,
+                          o->n_keypoints + w->add_keypoints));
+    PUT(fst__meta_put_u64(t, m, FST_META_PAYLOAD_BYTES,
+                          o->payload_bytes + w->add_payload));
+    if (src) {
+        PUT(fst__meta_put_str(t, m, FST_META_SOURCE_NAME,
+                              src->name ? src->name : ""));
+        PUT(fst__meta_put_u64(t, m, FST_META_SOURCE_SIZE, src->size));
+        PUT(fst__meta_put_u64(t, m, FST_META_SOURCE_MTIME,
+                              (uint64_t)src->mtime));
+    } else if (w->mode == FST_WRITE_CREATE) {
+        PUT(fst__meta_put_str(t, m, FST_META_SOURCE_NAME, ""));
+        PUT(fst__meta_put_u64(t, m, FST_META_SOURCE_SIZE, 0));
+        PUT(fst__meta_put_u64(t, m, FST_META_SOURCE_MTIME, 0));
+    }
+    PUT(fst__meta_put_u64(t, m, FST_META_CREATED, (uint64_t)(
+        w->mode == FST_WRITE_CREATE ? now : o->created)));
+    PUT(fst__meta_put_u64(t, m, FST_META_MODIFIED, (uint64_t)now));
+    PUT(fst__meta_put_u64(t, m, FST_META_GENERATION, w->gen));
+    if (w->mode == FST_WRITE_APPEND)
+        PUT(mdb_drop(t, w->pending, 0));
+    PUT(fst__meta_put_u64(t, m, FST_META_COMPLETE, 1));
+#undef PUT
+    return fst__from_mdb(rc, "%s: writing metadata", w->tmp ? w->tmp
+                                                            : w->path);
+}
+
+fst_status fst_writer_finish(fst_writer *w, const fst_source *src)
+{
+    fst_status s;
+    if (w->failed) {
+        s = fst__fail(FST_EINVAL, "%s: the writer failed earlier; nothing "
+                      "was written", w->path);
+        goto out;
+    }
+    FST_TRY(ensure_room(w, 4096));
+    FST_TRY(write_meta(w, src));
+    FST_TRY(commit(w, false));
+    if (w->mode == FST_WRITE_APPEND) {
+        /* Committed with LMDB's default fsync: the append is durable. */
+        writer_free(w);
+        return FST_OK;
+    }
+    int rc = mdb_env_sync(w->env, 1);
+    FST_TRY(fst__from_mdb(rc, "%s: fsync", w->tmp));
+    mdb_env_close(w->env);
+    w->env = NULL;
+    if (rename_noreplace(w->tmp, w->path) != 0) {
+        s = fst__fail(errno == EEXIST ? FST_EEXIST : FST_EIO,
+                      "%s: renaming %s into place: %s", w->path, w->tmp,
+                      strerror(errno));
+        goto out;
+    }
+    unlink(w->tmplock);
+    s = sync_dir(w->path);
+    free(w->tmp);                   /* the store is in place: keep it */
+    w->tmp = NULL;
+out:
+    fst_writer_abort(w);
+    return s;
+}
+
+void fst_writer_abort(fst_writer *w)
+{
+    if (!w)
+        return;
+    if (w->txn) {
+        mdb_txn_abort(w->txn);
+        w->txn = NULL;
+    }
+    if (w->mode == FST_WRITE_CREATE) {
+        if (w->env)
+            mdb_env_close(w->env);
+        w->env = NULL;
+        if (w->tmp)
+            unlink(w->tmp);
+        if (w->tmplock)
+            unlink(w->tmplock);
+    } else if (w->env && w->gen) {
+        /* Best effort: delete this append's committed batches now. If it
+         * fails, they stay invisible and the next append deletes them. */
+        bool any;
+        if (mdb_txn_begin(w->env, NULL, 0, &w->txn) == MDB_SUCCESS) {
+            if (drop_pending(w, w->gen - 1, &any) == FST_OK && any)
+                mdb_txn_commit(w->txn);
+            else
+                mdb_txn_abort(w->txn);
+            w->txn = NULL;
+        }
+    }
+    writer_free(w);
+}
+
+void fst__writer_set_batch(fst_writer *w, unsigned records, uint64_t bytes)
+{
+    w->max_records = records ? records : 1;
+    w->max_bytes = bytes ? bytes : 1;
+}
+
+const char *fst__writer_tmp_path(const fst_writer *w) { return w->tmp; }
+
+fst_status fst__store_put_raw(const char *path, const char *table,
+                              const char *name, const void *bytes, size_t len)
+{
+    fst_writer w0, *w = &w0;
+    memset(w, 0, sizeof *w);
+    w->lockfd = -1;
+    w->path = (char *)path;
+    if (stat(path, &w->sb) != 0)
+        return fst__fail(FST_EIO, "%s: %s", path, strerror(errno));
+    fst_status s = fst__claim_write(path, &w->sb);
+    if (s)
+        return s;
+    s = env_open(w, path, 0, (uint64_t)w->sb.st_size * 2 + len * 2 +
+                             MAP_INITIAL);
+    MDB_dbi dbi;
+    if (s == FST_OK)
+        s = begin_txn(w);
+    if (s == FST_OK)
+        s = fst__from_mdb(mdb_dbi_open(w->txn, table, 0, &dbi), "%s: %s",
+                          path, table);
+    if (s == FST_OK) {
+        MDB_val k = { strlen(name), (void *)name };
+        MDB_val v = { len, (void *)bytes };
+        s = fst__from_mdb(bytes ? mdb_put(w->txn, dbi, &k, &v, 0)
+                                : mdb_del(w->txn, dbi, &k, NULL),
+                          "%s: %s: %s", path, table, name);
+    }
+    if (s == FST_OK) {
+        int rc = mdb_txn_commit(w->txn);
+        w->txn = NULL;
+        s = fst__from_mdb(rc, "%s: commit", path);
+    }
+    if (w->txn)
+        mdb_txn_abort(w->txn);
+    if (w->env)
+        mdb_env_close(w->env);
+    fst__release_write(&w->sb);
+    return s;
+}
