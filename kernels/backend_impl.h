@@ -42,6 +42,19 @@ const fst_backend_ops *fst__cuda_backend(void);
 fst_status fst__param_next(const char **p, char *key, size_t key_len,
                            char *val, size_t val_len);
 
+/* fst__match_check() :
+ * Validate one pair before any kernel runs: out and its arrays present,
+ * descriptors present, same d and dtype on both sides (the detail names
+ * both images). On success sets out->n0 = a->n and out->nmatches = 0; on
+ * failure leaves out untouched. When either image has no keypoints it
+ * fills out as hloc's empty case (n0 entries of -1, scores 0) and returns
+ * FST_DONE: the pair needs no kernel (d and dtype are then not checked).
+ * fst_backend_match() calls it before ops->match; a backend's match_batch
+ * calls it per job.
+ * @return FST_OK (run the kernel); FST_DONE (out filled); FST_EINVAL. */
+fst_status fst__match_check(const fst_view *a, const fst_view *b,
+                            fst_matches *out);
+
 #ifdef __cplusplus
 }
 #endif

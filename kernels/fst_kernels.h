@@ -52,25 +52,35 @@ fst_status fst_match_preset(const char *name, fst_match_opts *out);
 static inline size_t fst_matches_bound(const fst_view *a) { return a->n; }
 
 /* fst_match_reference() :
- * The plain, obviously correct implementation (double accumulation, no
- * tiling) every fast path is tested against. Slow: O(n0 n1 d).
- * out->matches0 / scores0 hold fst_matches_bound(a) elements.
- * @return FST_OK; FST_EINVAL (d differs, bad dtype); FST_ENOMEM. */
+ * The plain, obviously correct implementation (each similarity a double
+ * sum rounded once to float32, no tiling) every fast path is tested
+ * against. Slow: O(n0 n1 d). opts NULL means fst_match_opts_default().
+ * out->matches0 / scores0 hold fst_matches_bound(a) elements. When either
+ * image has 0 keypoints no descriptor is read (d and dtype not checked).
+ * Any thread.
+ * @return FST_OK; FST_EINVAL (d or dtype differ: the detail names both
+ *         images; unknown dtype; NULL arrays); FST_ENOMEM. */
 fst_status fst_match_reference(const fst_view *a, const fst_view *b,
                                const fst_match_opts *opts, fst_matches *out);
 
 typedef struct fst_backend fst_backend;
 
 /* fst_backend_open() :
- * Open backend `name` ("cpu", "cuda") with matcher options `opts` and a
- * parameter string `params` ("key=value,key=value"; NULL or "" for
- * defaults; unknown keys are FST_EINVAL naming the key). CPU keys:
- * threads=N, isa=auto|avx512|avx2|scalar. CUDA keys: device=N,
- * cache_mb=N, headroom_mb=N.
+ * Open backend `name` ("cpu", "cuda") with matcher options `opts` (NULL:
+ * fst_match_opts_default(); negative or non-finite thresholds are
+ * FST_EINVAL) and a parameter string `params` ("key=value,key=value"; NULL
+ * or "" for defaults; unknown keys are FST_EINVAL naming the key).
+ * CPU keys: threads=N (1..64, default 1: threads inside one call, each
+ *   taking a share of b's keypoints; the result does not depend on N),
+ *   isa=auto|avx512|avx2|scalar (default auto, the best this CPU runs;
+ *   one this CPU lacks is FST_ENODEVICE).
+ * CUDA keys: device=N, cache_mb=N, headroom_mb=N.
  * *out is owned by the caller: fst_backend_close() it. One thread at a time
- * per backend.
- * @return FST_OK; FST_EINVAL; FST_ENODEVICE (backend not built, no device);
- *         FST_EDEVICE; FST_ENOMEM. */
+ * per backend. A backend keeps its working buffers between calls (they
+ * only grow), so a worker matching millions of pairs allocates nothing
+ * per pair once warm.
+ * @return FST_OK; FST_EINVAL; FST_ENODEVICE (backend not built, no device,
+ *         instruction set missing); FST_EDEVICE; FST_ENOMEM. */
 fst_status fst_backend_open(const char *name, const fst_match_opts *opts,
                             const char *params, fst_backend **out);
 
@@ -95,8 +105,12 @@ typedef struct fst_match_job {
 
 /* fst_backend_match_batch() :
  * Match many pairs in one call. A backend may reuse work across jobs that
- * share an image (same `desc` pointer): order jobs so that they do. Every
- * view must stay valid until the call returns. Each job's status is set.
+ * share an image (same `desc` pointer, n, d and dtype): order jobs so that
+ * consecutive ones do (the CPU backend keeps the last a and the last b
+ * packed). Nothing is reused across calls, so a buffer may be rewritten
+ * between calls. Every view must stay valid, unchanged, until the call
+ * returns. Each job's status is set; a failing job does not stop the
+ * others (except after FST_EDEVICE).
  * @return FST_OK if every job succeeded; else the first failing job's
  *         status (FST_EDEVICE: then only fst_backend_close()). */
 fst_status fst_backend_match_batch(fst_backend *be, fst_match_job *jobs,
@@ -106,7 +120,8 @@ fst_status fst_backend_match_batch(fst_backend *be, fst_match_job *jobs,
 fst_status fst_backend_sync(fst_backend *be);
 
 /* fst_backend_stats() : a one-line, human-readable summary of counters
- * (e.g. cache hit rate) into buf (always NUL-terminated). */
+ * into buf (always NUL-terminated), e.g. for the CPU
+ * "cpu isa=avx512 threads=1 pairs=12 packs=13 pack_hits=11". */
 void fst_backend_stats(fst_backend *be, char *buf, size_t len);
 
 /* fst_backend_close() : free everything the backend holds. NULL is fine. */

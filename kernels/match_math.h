@@ -7,6 +7,7 @@
 #ifndef FST_MATCH_MATH_H
 #define FST_MATCH_MATH_H
 
+#include <math.h>       /* INFINITY */
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -81,6 +82,27 @@ static inline FST_HD int32_t fst_nn_decide(const fst_top2 *t, float ratio2,
     if (dist2 > 0.0f && !(d1 <= dist2)) return -1;
     *score = (t->s1 + 1.0f) * 0.5f;
     return t->j1;
+}
+
+/* hloc's threshold as float32: t*t formed in double, then rounded
+ * (0.8 -> 0.64f, not 0.8f*0.8f = 0.64000005f). 0 (off) stays 0. */
+static inline FST_HD float fst_thresh2(double t)
+{
+    return (float)(t * t);
+}
+
+/* hloc drops the ratio test when either image has fewer than 2 keypoints. */
+static inline FST_HD bool fst_use_ratio(uint32_t n0, uint32_t n1)
+{
+    return n0 >= 2 && n1 >= 2;
+}
+
+/* hloc's mutual_check for row i: keep m0i iff it is a match and the
+ * backward match of m0i (m1_of_m0i = m1[m0i]) is i. */
+static inline FST_HD int32_t fst_mutual_keep(int32_t m0i, int32_t m1_of_m0i,
+                                             int32_t i)
+{
+    return (m0i >= 0 && m1_of_m0i == i) ? m0i : -1;
 }
 
 #endif

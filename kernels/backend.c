@@ -1,0 +1,286 @@
+/* kernels/backend.c : the backend registry, presets, argument checks and
+ * the fst_backend_* calls that dispatch to a backend's ops. */
+#include "backend_impl.h"
+#include "fst_config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const fst_backend_ops *(*const registry[])(void) = {
+    fst__cpu_backend,
+#if FST_HAVE_CUDA
+    fst__cuda_backend,
+#endif
+};
+#define N_REGISTRY (sizeof registry / sizeof registry[0])
+
+/* Backends that exist somewhere, built here or not: asking for one of these
+ * that this binary lacks is FST_ENODEVICE, anything else FST_EINVAL. */
+static const char *const known_backends[] = { "cpu", "cuda" };
+
+static const fst_backend_ops *find_ops(const char *name)
+{
+    for (size_t i = 0; i < N_REGISTRY; i++) {
+        const fst_backend_ops *ops = registry[i]();
+        if (ops && strcmp(ops->name, name) == 0)
+            return ops;
+    }
+    return NULL;
+}
+
+fst_match_opts fst_match_opts_default(void)
+{
+    fst_match_opts o;
+    o.mutual = true;
+    o.ratio_threshold = 0.0;
+    o.distance_threshold = 0.0;
+    return o;
+}
+
+fst_status fst_match_preset(const char *name, fst_match_opts *out)
+{
+    if (!name || !out)
+        return fst__fail(FST_EINVAL, "fst_match_preset: NULL argument");
+    fst_match_opts o = fst_match_opts_default();
+    if (strcmp(name, "NN-mutual") == 0) {
+        /* defaults */
+    } else if (strcmp(name, "NN-ratio") == 0) {
+        o.ratio_threshold = 0.8;
+    } else if (strcmp(name, "NN-superpoint") == 0) {
+        o.distance_threshold = 0.7;
+    } else {
+        return fst__fail(FST_EINVAL, "unknown matcher preset '%s' (known: "
+                         "NN-mutual, NN-ratio, NN-superpoint)", name);
+    }
+    *out = o;
+    return FST_OK;
+}
+
+static fst_status check_opts(const fst_match_opts *o)
+{
+    if (!(o->ratio_threshold >= 0.0) || !isfinite(o->ratio_threshold))
+        return fst__fail(FST_EINVAL, "ratio_threshold %g: must be >= 0 "
+                         "(0 = off)", o->ratio_threshold);
+    if (!(o->distance_threshold >= 0.0) || !isfinite(o->distance_threshold))
+        return fst__fail(FST_EINVAL, "distance_threshold %g: must be >= 0 "
+                         "(0 = off)", o->distance_threshold);
+    return FST_OK;
+}
+
+static const char *nm(const fst_view *v)
+{
+    return v->name ? v->name : "(unnamed)";
+}
+
+fst_status fst__match_check(const fst_view *a, const fst_view *b,
+                            fst_matches *out)
+{
+    if (!a || !b || !out)
+        return fst__fail(FST_EINVAL, "match: NULL view or output");
+    if (a->n > 0 && (!out->matches0 || !out->scores0))
+        return fst__fail(FST_EINVAL, "match %s - %s: NULL output arrays",
+                         nm(a), nm(b));
+    if (a->n == 0 || b->n == 0) {
+        out->n0 = a->n;
+        out->nmatches = 0;
+        /* hloc's empty case; no descriptor is read, so d and dtype of an
+         * image without keypoints (often 0 / unknown) do not matter. */
+        for (uint32_t i = 0; i < a->n; i++) {
+            out->matches0[i] = -1;
+            out->scores0[i] = 0.0f;
+        }
+        return FST_DONE;
+    }
+    if (fst_dtype_size(a->dtype) == 0 || fst_dtype_size(b->dtype) == 0)
+        return fst__fail(FST_EINVAL, "match %s - %s: unknown descriptor "
+                         "dtype (%d, %d)", nm(a), nm(b), (int)a->dtype,
+                         (int)b->dtype);
+    if (a->dtype != b->dtype)
+        return fst__fail(FST_EINVAL, "match %s - %s: descriptor dtypes "
+                         "differ (%s vs %s)", nm(a), nm(b),
+                         fst_dtype_name(a->dtype), fst_dtype_name(b->dtype));
+    if (a->d != b->d)
+        return fst__fail(FST_EINVAL, "match %s - %s: descriptor dimensions "
+                         "differ (%u vs %u)", nm(a), nm(b), a->d, b->d);
+    if (a->d > 0 && (!a->desc || !b->desc))
+        return fst__fail(FST_EINVAL, "match %s - %s: NULL descriptors",
+                         nm(a), nm(b));
+    out->n0 = a->n;
+    out->nmatches = 0;
+    return FST_OK;
+}
+
+fst_status fst_backend_open(const char *name, const fst_match_opts *opts,
+                            const char *params, fst_backend **out)
+{
+    if (!name || !out)
+        return fst__fail(FST_EINVAL, "fst_backend_open: NULL argument");
+    fst_match_opts o = opts ? *opts : fst_match_opts_default();
+    fst_status s = check_opts(&o);
+    if (s != FST_OK)
+        return s;
+    const fst_backend_ops *ops = find_ops(name);
+    if (!ops) {
+        for (size_t i = 0; i < sizeof known_backends / sizeof *known_backends; i++)
+            if (strcmp(name, known_backends[i]) == 0)
+                return fst__fail(FST_ENODEVICE, "backend '%s' is not built "
+                                 "into this binary", name);
+        return fst__fail(FST_EINVAL, "unknown backend '%s'", name);
+    }
+    fst_backend *be = calloc(1, sizeof *be);
+    if (!be)
+        return fst__fail(FST_ENOMEM, "opening backend %s", name);
+    be->ops = ops;
+    be->opts = o;
+    s = ops->open(be, params);
+    if (s != FST_OK) {
+        free(be);   /* open() failing leaves nothing in be->impl */
+        return s;
+    }
+    *out = be;
+    return FST_OK;
+}
+
+const char *fst_backend_name(const fst_backend *be)
+{
+    return be ? be->ops->name : "(none)";
+}
+
+static fst_status check_usable(fst_backend *be)
+{
+    if (!be)
+        return fst__fail(FST_EINVAL, "NULL backend");
+    if (be->failed)
+        return fst__fail(FST_EDEVICE, "backend %s failed earlier; only "
+                         "fst_backend_close() is allowed", be->ops->name);
+    return FST_OK;
+}
+
+static fst_status note_failure(fst_backend *be, fst_status s)
+{
+    if (s == FST_EDEVICE)
+        be->failed = true;
+    return s;
+}
+
+fst_status fst_backend_match(fst_backend *be, const fst_view *a,
+                             const fst_view *b, fst_matches *out)
+{
+    fst_status s = check_usable(be);
+    if (s != FST_OK)
+        return s;
+    s = fst__match_check(a, b, out);
+    if (s == FST_DONE)
+        return FST_OK;
+    if (s != FST_OK)
+        return s;
+    return note_failure(be, be->ops->match(be, a, b, out));
+}
+
+fst_status fst_backend_match_batch(fst_backend *be, fst_match_job *jobs,
+                                   size_t n_jobs)
+{
+    fst_status s = check_usable(be);
+    if (s != FST_OK)
+        return s;
+    if (n_jobs > 0 && !jobs)
+        return fst__fail(FST_EINVAL, "fst_backend_match_batch: NULL jobs");
+    if (be->ops->match_batch)
+        return note_failure(be, be->ops->match_batch(be, jobs, n_jobs));
+    fst_status first = FST_OK;
+    for (size_t i = 0; i < n_jobs; i++) {
+        fst_match_job *j = &jobs[i];
+        s = fst__match_check(j->a, j->b, j->out);
+        if (s == FST_OK)
+            s = note_failure(be, be->ops->match(be, j->a, j->b, j->out));
+        else if (s == FST_DONE)
+            s = FST_OK;
+        j->status = s;
+        if (s != FST_OK && first == FST_OK)
+            first = s;
+        if (s == FST_EDEVICE) {   /* the rest cannot run */
+            for (size_t k = i + 1; k < n_jobs; k++)
+                jobs[k].status = FST_EDEVICE;
+            break;
+        }
+    }
+    return first;
+}
+
+fst_status fst_backend_sync(fst_backend *be)
+{
+    fst_status s = check_usable(be);
+    if (s != FST_OK)
+        return s;
+    return be->ops->sync ? note_failure(be, be->ops->sync(be)) : FST_OK;
+}
+
+void fst_backend_stats(fst_backend *be, char *buf, size_t len)
+{
+    if (!buf || len == 0)
+        return;
+    buf[0] = '\0';
+    if (!be)
+        return;
+    if (be->ops->stats)
+        be->ops->stats(be, buf, len);
+    else
+        snprintf(buf, len, "%s", be->ops->name);
+    buf[len - 1] = '\0';
+}
+
+void fst_backend_close(fst_backend *be)
+{
+    if (!be)
+        return;
+    be->ops->close(be);
+    free(be);
+}
+
+bool fst_backend_available(const char *name)
+{
+    return name && find_ops(name) != NULL;
+}
+
+fst_status fst__param_next(const char **p, char *key, size_t key_len,
+                           char *val, size_t val_len)
+{
+    const char *s = *p;
+    if (!s)
+        return FST_DONE;
+    while (*s == ',' || *s == ' ')
+        s++;
+    if (*s == '\0') {
+        *p = s;
+        return FST_DONE;
+    }
+    const char *end = strchr(s, ',');
+    if (!end)
+        end = s + strlen(s);
+    const char *eq = memchr(s, '=', (size_t)(end - s));
+    int item_len = (int)(end - s);
+    if (!eq || eq == s)
+        return fst__fail(FST_EINVAL, "malformed parameter '%.*s' (expected "
+                         "key=value)", item_len, s);
+    size_t klen = (size_t)(eq - s), vlen = (size_t)(end - eq - 1);
+    while (klen > 0 && s[klen - 1] == ' ')
+        klen--;
+    while (vlen > 0 && eq[vlen] == ' ')
+        vlen--;
+    if (klen + 1 > key_len || vlen + 1 > val_len)
+        return fst__fail(FST_EINVAL, "parameter '%.*s' too long",
+                         item_len, s);
+    memcpy(key, s, klen);
+    key[klen] = '\0';
+    const char *v = eq + 1;
+    while (*v == ' ' && vlen > 0) {
+        v++;
+        vlen--;
+    }
+    memcpy(val, v, vlen);
+    val[vlen] = '\0';
+    *p = end;
+    return FST_OK;
+}
