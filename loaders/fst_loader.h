@@ -1,7 +1,7 @@
 /* fst_loader.h : HDF5 in and out. hloc's features.h5 into a store (once),
  * a store back into features.h5, synthetic example data, and hloc's
  * matches.h5. The only public header that stands between featstore and
- * HDF5; hdf5.h itself appears only in loaders/*.c.
+ * HDF5; hdf5.h itself appears only in the .c files of loaders/.
  */
 #ifndef FST_LOADER_H
 #define FST_LOADER_H
@@ -23,33 +23,60 @@ typedef int fst_progress_cb(uint64_t done, uint64_t total,
 
 typedef struct fst_import_opts {
     bool             append;      /* add to an existing store */
-    int              dtype;       /* 0: keep the source's; else fst_dtype */
-    fst_progress_cb *progress;    /* may be NULL */
+    int              dtype;       /* 0: keep the source's; else an fst_dtype
+                                     every image's descriptors are converted
+                                     to (FST_VIEW_DESC_CONVERTED) */
+    fst_progress_cb *progress;    /* may be NULL; done/total count images,
+                                     bytes_done record payload bytes */
     void            *progress_ctx;
 } fst_import_opts;
 
 typedef struct fst_import_stats {
     uint64_t images_added, images_skipped;  /* skipped: identical dups */
-    uint64_t keypoints, payload_bytes;
+    uint64_t keypoints, payload_bytes;      /* of the images added */
+    /* Datasets in image groups that a store does not keep (e.g. DoG's
+     * `scales`, `oris`): an export will not have them. */
+    uint64_t datasets_ignored;
+    char     ignored_example[256];          /* one of them, "/img/scales" */
 } fst_import_stats;
 
 /* fst_import_h5() :
  * Walk `src` (hloc features.h5) recursively and put every group holding
  * `descriptors` and `keypoints` into the store at `dest` (created, or
- * appended to with opts->append). Streams: peak memory is a few records.
- * On any error nothing is visible at `dest` that was not there before; the
- * detail names the file, the image and what is wrong. `stats` may be NULL.
+ * appended to with opts->append), in key order. Accepted: keypoints (N, 2)
+ * float32/float16; descriptors (D, N) float16/float32, transposed to
+ * N x D; `scores` or `keypoint_scores` (N,) float32/float16, or neither;
+ * image_size (2,) of any integer type; the keypoints' `uncertainty`
+ * attribute (a number). Hard links only; a group met twice is taken once.
+ * Refused (FST_EFORMAT), naming file, image and dataset: a D or (without
+ * opts->dtype) a dtype differing between images or from the store's; N
+ * differing between datasets; wrong ranks or shapes; float64, integer or
+ * other dtypes; NaN/Inf in keypoints or descriptors; a group with only
+ * one of keypoints/descriptors, or with both scores and keypoint_scores;
+ * a file with no image at all; a file that is not HDF5, truncated or
+ * damaged. Other datasets in image groups are not kept (counted in stats).
+ * Streams: peak memory is two records plus the names, whatever the file
+ * size. On any error nothing is visible at `dest` that was not there
+ * before. `stats` may be NULL. Not thread-safe (HDF5 is not).
  * @return FST_OK; FST_EFORMAT (bad input); FST_EEXIST (conflicting
- *         duplicate, or create over an existing store); FST_EIO; FST_EFULL;
- *         FST_EINTR (progress asked to stop); FST_ENOMEM. */
+ *         duplicate, or create over an existing store); FST_EIO (src
+ *         missing or unreadable; store errors); FST_EFULL; FST_EINTR
+ *         (progress asked to stop); FST_EINVAL (bad opts); FST_ENOMEM. */
 fst_status fst_import_h5(const char *src, const char *dest,
                          const fst_import_opts *opts, fst_import_stats *stats);
 
 /* fst_export_h5() :
- * Write every image of `st` to `dest` in hloc's layout (descriptors D x N,
- * the source's dtypes and dataset names), through `<dest>.tmp-<pid>` then
- * rename. Refuses an existing `dest`.
- * @return FST_OK; FST_EEXIST; FST_EIO; FST_EFULL; FST_ENOMEM. */
+ * Write every image of `st` to `dest` in hloc's layout: a group per image
+ * (nested at '/'), keypoints (N, 2), descriptors (D, N), scores or
+ * keypoint_scores (N,), image_size (2,) int64, the keypoints' uncertainty
+ * attribute, each under the name and dtype the imported file had (record
+ * flags), descriptors in the store's dtype. One record in memory at a
+ * time; through `<dest>.tmp-<pid>`, fsync, then rename. Refuses an existing
+ * `dest`. import -> export gives back every dataset and attribute bit for
+ * bit, except datasets the import did not keep and descriptors converted
+ * with --dtype. Not thread-safe (HDF5 is not).
+ * @return FST_OK; FST_EEXIST; FST_EIO; FST_EFULL; FST_ECORRUPT (a record
+ *         fails its checks); FST_EINTR; FST_ENOMEM. */
 fst_status fst_export_h5(fst_store *st, const char *dest,
                          fst_progress_cb *progress, void *progress_ctx);
 
@@ -59,17 +86,25 @@ typedef struct fst_synth_opts {
     uint32_t  n_images;          /* default 24 */
     uint32_t  n_keypoints;       /* per image; default 1024 */
     uint32_t  d;                 /* default 128 */
-    fst_dtype dtype;             /* default FST_DTYPE_F16 */
-    uint32_t  n_pairs;           /* pairs written to the pairs file
-                                    (0: every consecutive pair) */
+    fst_dtype dtype;             /* default FST_DTYPE_F16: like hloc's
+                                    as_half, keypoints and scores float16
+                                    too; FST_DTYPE_F32: all float32 */
+    uint32_t  n_pairs;           /* pairs written to the pairs file: the
+                                    consecutive ones first, then images 2
+                                    apart, 3 apart... (0: every consecutive
+                                    pair, n_images - 1) */
     float     planted_fraction;  /* share of keypoints with a planted
-                                    correspondence in the paired image;
-                                    default 0.5 */
-    float     noise;             /* std-dev of the noise added to a planted
-                                    descriptor before re-normalising;
-                                    default 0.05 */
+                                    correspondence in the next image, in
+                                    [0, 0.5] (the sets shared with the
+                                    previous and the next image are
+                                    disjoint); default 0.5 */
+    float     noise;             /* expected norm of the gaussian vector
+                                    added to a planted unit descriptor
+                                    before re-normalising (per-component
+                                    std-dev noise / sqrt(d)); default 0.05 */
     uint64_t  seed;              /* default 1 */
-    const char *prefix;          /* image name prefix, default "synth/img" */
+    const char *prefix;          /* image names <prefix>0000.jpg, ... (at
+                                    least 4 digits); default "synth/img" */
 } fst_synth_opts;
 
 /* fst_synth_opts_default() : the defaults above. */
@@ -80,8 +115,13 @@ fst_synth_opts fst_synth_opts_default(void);
  * descriptors and planted correspondences, deterministic in `seed`, and
  * (if pairs_path is not NULL) a pairs file `name0 name1` per line. If
  * truth_path is not NULL, write the planted correspondences as lines
- * `name0 name1 i j`. Streams: memory is one image.
- * @return FST_OK; FST_EINVAL; FST_EIO; FST_EFULL. */
+ * `name0 name1 i j` (keypoint i of name0 is keypoint j of name1); they
+ * exist only between consecutive images, and the truth is complete for
+ * every pair. Keypoints lie inside image_size, scores in (0, 1). Every
+ * output goes through `<path>.tmp-<pid>` and a rename; existing files are
+ * refused before any work. Streams: memory is two images. Not thread-safe.
+ * @return FST_OK; FST_EINVAL (bad options, detail says which); FST_EEXIST;
+ *         FST_EIO; FST_EFULL; FST_EINTR; FST_ENOMEM. */
 fst_status fst_synth_h5(const char *h5_path, const char *pairs_path,
                         const char *truth_path, const fst_synth_opts *opts,
                         fst_progress_cb *progress, void *progress_ctx);
