@@ -374,6 +374,26 @@ static fst_status shenv_open(const char *path, const struct stat *sb,
         goto out;
     }
     FST_TRY(fst__from_mdb(rc, "%s", path));
+    /* A truncated file would be mapped past its end, and the first read of
+     * a missing page would be SIGBUS: every page the newest meta page names
+     * must lie inside the file. Files only grow, so a stat after the meta
+     * read is the conservative order. */
+    MDB_envinfo info;
+    MDB_stat est;
+    struct stat now;
+    FST_TRY(fst__from_mdb(mdb_env_info(sh->env, &info), "%s", path));
+    FST_TRY(fst__from_mdb(mdb_env_stat(sh->env, &est), "%s", path));
+    if (stat(path, &now) != 0) {
+        s = fst__fail(FST_EIO, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (((uint64_t)info.me_last_pgno + 1) * est.ms_psize > (uint64_t)now.st_size) {
+        s = fst__fail(FST_ECORRUPT, "%s: truncated store: %llu bytes, its "
+                      "pages need %llu (restore the file or import again)",
+                      path, (unsigned long long)now.st_size,
+                      ((unsigned long long)info.me_last_pgno + 1) * est.ms_psize);
+        goto out;
+    }
     int dead = 0;
     FST_TRY(fst__from_mdb(mdb_reader_check(sh->env, &dead),
                           "%s: clearing stale readers", path));

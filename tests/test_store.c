@@ -1057,6 +1057,26 @@ FST_TEST(open_errors)
     ASSERT_STATUS(fst_store_open(junk, 0x80, &st), FST_EINVAL);
 }
 
+/* A store file cut short (a failed copy, a full disk) is refused at open
+ * with a message, never mapped past its end (SIGBUS on the first read). */
+FST_TEST(open_refuses_truncated_store)
+{
+    const char *path = tpath("trunc.fst");
+    make_store(path, 40, 128, FST_DTYPE_F32);
+    struct stat sb;
+    ASSERT_EQ(stat(path, &sb), 0);
+    ASSERT_GT(sb.st_size, 16 * 4096);
+    off_t cuts[] = { sb.st_size - 4096, sb.st_size / 2, 3 * 4096 };
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        ASSERT_EQ(truncate(path, cuts[i]), 0);
+        fst_store *st = NULL;
+        ASSERT_STATUS(fst_store_open(path, 0, &st), FST_ECORRUPT);
+        ASSERT_CONTAINS(fst_errdetail(), "truncated store");
+        ASSERT_CONTAINS(fst_errdetail(), path);
+        ASSERT_TRUE(st == NULL);
+    }
+}
+
 FST_TEST(create_refuses_existing_path)
 {
     const char *p = tpath("exists.fst");
