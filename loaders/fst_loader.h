@@ -126,6 +126,63 @@ fst_status fst_synth_h5(const char *h5_path, const char *pairs_path,
                         const char *truth_path, const fst_synth_opts *opts,
                         fst_progress_cb *progress, void *progress_ctx);
 
+/* ==== hloc matches.h5 (loaders/matchfile.c; issue 4, `featstore match`) ==== */
+
+#include "fst_journal.h"
+
+/* Called with each pair key found in a matches.h5 ("a/b" or hloc's old
+ * "a_b"); returning anything but FST_OK stops the listing with it. */
+typedef fst_status fst_matchfile_key_cb(const char *key, void *ctx);
+
+/* fst_matchfile_keys() :
+ * List the pairs of hloc matches file `path`: every group at depth 1 or 2
+ * holding a `matches0` (so hloc's current "name0/name1" keys and its old
+ * "name0_name1" ones), in name order. A group without `matches0` (say, left
+ * by a crashed hloc run) is not a pair.
+ * @return FST_OK; the callback's status; FST_EIO (missing, unreadable);
+ *         FST_EFORMAT (not HDF5, damaged). */
+fst_status fst_matchfile_keys(const char *path, fst_matchfile_key_cb *cb,
+                              void *ctx);
+
+typedef struct fst_matchfile_opts {
+    bool             copy_existing;  /* start from dest's current content,
+                                        as hloc appends to its file */
+    fst_progress_cb *progress;       /* may be NULL; non-zero stops */
+    void            *progress_ctx;
+} fst_matchfile_opts;
+
+/* fst_matchfile_write() :
+ * Write every record of journal `j` (may be NULL: no pairs) into `dest` in
+ * hloc's layout: group name0-key/name1-key with `matches0` (int16 or int32,
+ * as journaled) and `matching_scores0` (float16). With copy_existing and an
+ * existing `dest`, its content is kept: a journaled pair replaces the same
+ * key, and the reversed and old-style keys of that pair are removed (so
+ * hloc's find_pair cannot find a stale result first). Works through
+ * `<dest>.tmp-<pid>` (stale ones of dead processes are removed), fsyncs,
+ * renames, fsyncs the directory: `dest` is the old file or the complete
+ * new one, never a partial one. Checksums of the journal are verified.
+ * *n_written (may be NULL) gets the number of pairs written.
+ * @return FST_OK; FST_ECORRUPT (journal record); FST_EFORMAT (dest exists
+ *         and is not HDF5, or has a non-group where a group must go);
+ *         FST_EINTR (progress asked to stop); FST_EIO; FST_EFULL;
+ *         FST_ENOMEM. On error `dest` is untouched. */
+fst_status fst_matchfile_write(const char *dest, fst_journal *j,
+                               const fst_matchfile_opts *opts,
+                               uint64_t *n_written);
+
+/* fst_matchfile_get() :
+ * hloc's find_pair and the two datasets: find pair (name0, name1) in `path`
+ * under its key, its reversed key or hloc's old keys, in find_pair's order
+ * (*reversed = 1 when found the other way round: then the arrays are those
+ * of (name1, name0), as stored). *matches0 (as int32) and *scores0 (as
+ * float32) are malloc'd arrays of *n0 elements; the caller frees them.
+ * @return FST_OK; FST_ENOTFOUND; FST_EIO; FST_EFORMAT; FST_ENOMEM. */
+fst_status fst_matchfile_get(const char *path, const char *name0,
+                             const char *name1, int32_t **matches0,
+                             float **scores0, uint32_t *n0, int *reversed);
+
+/* ==== end of matchfile section ==== */
+
 #ifdef __cplusplus
 }
 #endif

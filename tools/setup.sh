@@ -70,6 +70,11 @@ example)
     "$FST" info "$EX/db.fst"
     echo "== featstore verify"
     "$FST" verify "$EX/db.fst"
+    echo "== featstore match: 2 worker processes over the one mapped store"
+    "$FST" match "$EX/db.fst" "$EX/pairs.txt" -o "$EX/matches.h5" --workers 2 \
+        --preset NN-mutual
+    echo "== planted correspondences recovered"
+    /usr/bin/python3 tools/example_recall.py "$EX/matches.h5" "$EX/truth.txt"
     ;;
 test)
     install_missing

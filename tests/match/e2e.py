@@ -1,0 +1,787 @@
+#!/usr/bin/env python3
+"""e2e.py CASE : `featstore match` end to end (suite 'match').
+
+Every case builds its own small data in a temporary directory (hloc's
+features.h5 written with h5py, imported with `featstore import`), runs the
+command as a user would ($FEATSTORE), and reads the output the way hloc does
+(hloc_io.py). Cases:
+
+  presets           every preset x 1, 2, 4 workers: identical outputs, equal
+                    to the numpy re-implementation of hloc's matcher
+  pairs             pairs-file quirks, duplicates, reversed pairs, self pairs
+  bad_input         malformed lines, unknown names, unwritable output,
+                    missing/corrupt store, missing pairs file, usage errors
+  existing          pairs already in the output (new, reversed, old keys)
+                    are skipped; --overwrite recomputes them
+  kill_worker       kill -9 of one worker mid-run: complete, identical
+  kill_coordinator  kill -9 of the coordinator mid-run, run again: identical,
+                    no pair matched twice
+  signals           SIGINT / SIGTERM, then resume; other parameters refused
+  crash_pair        a pair that kills workers is isolated and reported
+  query             --query with an hloc features.h5 and with a store
+  int32             more than 32767 keypoints: refused, or --matches-dtype int32
+  devices           --device cpu/cuda/cuda:N/auto on any build and machine
+  fake_gpus         the GPU plumbing (one device per worker, fallbacks) with
+                    FST_TEST_FAKE_CUDA
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hloc_io  # noqa: E402
+
+FST = os.environ.get("FEATSTORE") or "featstore"
+RNG = np.random.default_rng(4)
+
+
+def log(*a):
+    print("#", *a, flush=True)
+
+
+# ---- data -------------------------------------------------------------------
+
+def unit(d, n):
+    x = RNG.standard_normal((d, n)).astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=0), 1e-6)
+
+
+def write_features(path, images, dtype=np.float16):
+    """images: {name: descriptors (D, N) float32}. hloc's layout."""
+    with h5py.File(path, "w", libver="latest") as f:
+        for name, desc in images.items():
+            n = desc.shape[1]
+            g = f.create_group(name)
+            g.create_dataset("keypoints", data=(RNG.random((n, 2)) * 640).astype(np.float32))
+            g.create_dataset("descriptors", data=desc.astype(dtype))
+            g.create_dataset("scores", data=RNG.random(n).astype(np.float32))
+            g.create_dataset("image_size", data=np.array([640, 480]))
+
+
+def make_images(n_images=14, d=48, kmin=40, kmax=260, prefix="db/seq1/img", extra=True):
+    """Random unit descriptors; image i+1 shares ~half of image i's
+    (plus noise), so mutual matches exist. A few edge cases besides."""
+    names = [f"{prefix}{i:03d}.jpg" for i in range(n_images)]
+    imgs = {}
+    prev = None
+    for i, nm in enumerate(names):
+        n = int(RNG.integers(kmin, kmax))
+        desc = unit(d, n)
+        if prev is not None:
+            k = min(n, prev.shape[1]) // 2
+            src = RNG.choice(prev.shape[1], k, replace=False)
+            dst = RNG.choice(n, k, replace=False)
+            noisy = prev[:, src] + 0.05 * RNG.standard_normal((d, k)).astype(np.float32)
+            desc[:, dst] = noisy / np.linalg.norm(noisy, axis=0)
+        imgs[nm] = desc
+        prev = desc
+    if extra:
+        imgs["empty.jpg"] = np.zeros((d, 0), np.float32)      # no keypoints
+        imgs["one.jpg"] = unit(d, 1)                          # ratio test off
+        two = unit(d, 30)
+        two[:, 7] = two[:, 3]                                 # exact ties
+        imgs["ties-and_dashes.jpg"] = two
+    return imgs
+
+
+def pairs_text(names, extra=True, step=(1, 2, 3)):
+    lines = []
+    for s in step:
+        for i in range(len(names) - s):
+            lines.append(f"{names[i]} {names[i + s]}")
+    if extra:
+        first = names[0]
+        lines += [f"empty.jpg {first}", f"{first} empty.jpg", f"one.jpg {first}",
+                  f"{first} one.jpg", f"ties-and_dashes.jpg {names[1]}",
+                  f"{names[2]} ties-and_dashes.jpg", "one.jpg ties-and_dashes.jpg"]
+    return "\n".join(lines) + "\n"
+
+
+class Workdir:
+    def __init__(self, name):
+        self.dir = tempfile.mkdtemp(prefix=f"fst-match-{name}-")
+
+    def p(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def write(self, name, text, mode="w"):
+        with open(self.p(name), mode) as f:
+            f.write(text)
+        return self.p(name)
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def dataset(w, **kw):
+    imgs = make_images(**kw)
+    h5 = w.p("features.h5")
+    write_features(h5, imgs)
+    store = w.p("db.fst")
+    run(["import", h5, store, "--quiet"])
+    feats = hloc_io.load_features(h5)
+    return h5, store, feats, imgs
+
+
+# ---- running featstore --------------------------------------------------------
+
+def run(args, expect=0, env=None, timeout=120):
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    r = subprocess.run([FST] + args, capture_output=True, text=True, env=e, timeout=timeout)
+    clean(r.stderr, args)
+    if expect is not None and r.returncode != expect:
+        raise AssertionError(f"featstore {' '.join(args)}: exit {r.returncode}, expected "
+                             f"{expect}\nstdout: {r.stdout}\nstderr: {r.stderr}")
+    return r
+
+
+def clean(stderr, what):
+    """No sanitizer report from the coordinator or any worker (a worker's
+    unclean exit is reported by the coordinator)."""
+    assert "Sanitizer" not in stderr and "at the end" not in stderr, (what, stderr[-3000:])
+
+
+def match(store, pairs, out, *extra, expect=0, env=None):
+    r = run(["match", store, pairs, "-o", out, "--json", "--quiet", *extra], expect=expect,
+            env=env)
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    return js, r
+
+
+def h5_content(path):
+    """{dataset path: (dtype, values)} of a whole file."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (str(obj.dtype), obj[()].tobytes())
+        f.visititems(visit)
+    return out
+
+
+def assert_same_output(a, b):
+    ca, cb = h5_content(a), h5_content(b)
+    assert ca.keys() == cb.keys(), (sorted(set(ca) ^ set(cb))[:10])
+    for k in ca:
+        assert ca[k] == cb[k], f"{k} differs between {a} and {b}"
+
+
+def check_against_hloc(out, feats0, pairs, conf, feats1=None):
+    feats1 = feats0 if feats1 is None else feats1
+    rows = diff = 0
+    for a, b in pairs:
+        r, d = hloc_io.check_pair(out, feats0, feats1, a, b, conf)
+        rows += r
+        diff += d
+    assert diff <= max(2, rows // 1000), f"{diff} near-tie differences in {rows} rows"
+    return rows, diff
+
+
+def pair_keys(path):
+    keys = set()
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "matches0" in obj:
+                keys.add(name)
+        f.visititems(visit)
+    return keys
+
+
+def leftovers(w, out):
+    base = os.path.basename(out)
+    return sorted(f for f in os.listdir(w.dir) if f.startswith(base))
+
+
+def children(pid):
+    kids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        ppid = int(st[st.rindex(")") + 2:].split()[1])
+        if ppid == pid:
+            kids.append(int(d))
+    return kids
+
+
+def gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+        return st[st.rindex(")") + 2] == "Z"
+    except OSError:
+        return True
+
+
+def wait_lines(path, n, proc, timeout=60):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.returncode}: {proc.stderr.read()}")
+        try:
+            with open(path) as f:
+                if sum(1 for _ in f) >= n:
+                    return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"{path}: fewer than {n} lines after {timeout} s")
+
+
+def log_lines(path):
+    try:
+        with open(path) as f:
+            return [tuple(l.split()) for l in f if l.strip()]
+    except FileNotFoundError:
+        return []
+
+
+# ---- cases ----------------------------------------------------------------------
+
+def case_presets(w):
+    h5, store, feats, imgs = dataset(w)
+    names = [n for n in imgs if n.startswith("db/")]
+    pairs = w.write("pairs.txt", pairs_text(names))
+    expect = hloc_io.hloc_pairs(open(pairs).read())
+    for preset, conf in hloc_io.PRESETS.items():
+        outs = []
+        for nw in (1, 2, 4):
+            out = w.p(f"m-{preset}-{nw}.h5")
+            js, _ = match(store, pairs, out, "--preset", preset, "--workers", str(nw),
+                          "--device", "cpu")
+            assert js["status"] == "ok" and js["pairs"] == len(expect), js
+            assert js["workers"] == nw and js["pairs_failed"] == 0, js
+            assert js["first_pair_ms"] is not None and js["peak_pss_bytes"] > 0, js
+            assert leftovers(w, out) == [os.path.basename(out)], leftovers(w, out)
+            outs.append(out)
+        for o in outs[1:]:
+            assert_same_output(outs[0], o)
+            with open(outs[0], "rb") as a, open(o, "rb") as b:
+                assert a.read() == b.read(), f"{o}: not byte-identical to {outs[0]}"
+        keys = pair_keys(outs[0])
+        assert keys == {hloc_io.names_to_pair(a, b) for a, b in expect}, keys
+        with h5py.File(outs[0], "r") as f:
+            k = hloc_io.names_to_pair(*expect[0])
+            assert f[k]["matches0"].dtype == np.int16
+            assert f[k]["matching_scores0"].dtype == np.float16
+        rows, diff = check_against_hloc(outs[0], feats, expect, conf)
+        log(f"{preset}: {len(expect)} pairs, {rows} rows, {diff} near-tie differences")
+    # options spelled out = the preset
+    out = w.p("m-explicit.h5")
+    match(store, pairs, out, "--ratio-threshold", "0.8", "--workers", "2")
+    assert_same_output(out, w.p("m-NN-ratio-1.h5"))
+    out = w.p("m-nomutual.h5")
+    match(store, pairs, out, "--no-mutual", "--distance-threshold", "0.9", "--workers", "2")
+    check_against_hloc(out, feats, expect, {"do_mutual_check": False, "ratio_threshold": None,
+                                            "distance_threshold": 0.9})
+
+
+def case_pairs(w):
+    h5, store, feats, imgs = dataset(w, n_images=6, extra=False)
+    n = sorted(imgs)
+    a, b, c, d, e, f = n
+    text = (f"# a comment\n\n   \n{a} {b}\r\n{b}\t{c}   \n  {a} {c}\n{c} {a}\n{a} {b}\n"
+            f"{b} {a}\n{d} {d}\n{d} {d}\n# another\n{e} {f}\n{a} {e}\n{f} {e}")   # no final \n
+    pairs = w.write("pairs.txt", text, mode="w")
+    expect = hloc_io.hloc_pairs(text.replace("\r", ""))
+    # grouping by first name: a's pairs first, then b's, c's...; (c,a), (b,a),
+    # (f,e) are reverses of kept pairs; (a,b), (d,d) repeat
+    assert expect == [(a, b), (a, c), (a, e), (b, c), (d, d), (e, f)], expect
+    out = w.p("m.h5")
+    r = run(["match", store, pairs, "-o", out, "--json", "--workers", "2"])
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["pairs"] == 6 and js["pairs_lines"] == 11 and js["pairs_self"] == 1, js
+    assert "paired with itself" in r.stderr and "pairs.txt:10:" in r.stderr, r.stderr
+    assert pair_keys(out) == {hloc_io.names_to_pair(x, y) for x, y in expect}
+    check_against_hloc(out, feats, expect, hloc_io.PRESETS["NN-mutual"])
+    # reading the reversed orientation the way hloc does
+    m, s = hloc_io.get_matches(out, c, a)
+    m2, _ = hloc_io.get_matches(out, a, c)
+    assert np.array_equal(m, np.flip(m2, -1))
+    # a self pair: every keypoint matches itself (mutual NN of identical sets)
+    m, s = hloc_io.get_matches(out, d, d)
+    assert len(m) and np.array_equal(m[:, 0], m[:, 1]), m[:5]
+    # a pipe works as a pairs file
+    out2 = w.p("m2.h5")
+    r = subprocess.run(f"cat {pairs} | {FST} match {store} /dev/stdin -o {out2} --quiet",
+                       shell=True, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert_same_output(out, out2)
+    # an empty pairs file: an empty matches.h5
+    empty = w.write("empty.txt", "# nothing\n")
+    out3 = w.p("m3.h5")
+    js, _ = match(store, empty, out3)
+    assert js["pairs"] == 0 and os.path.exists(out3) and not pair_keys(out3), js
+
+
+def case_bad_input(w):
+    h5, store, feats, imgs = dataset(w, n_images=4, extra=False)
+    n = sorted(imgs)
+    out = w.p("m.h5")
+
+    def nothing_written():
+        assert leftovers(w, out) == [], leftovers(w, out)
+
+    # malformed lines: file:line
+    for bad, line in ((f"{n[0]} {n[1]}\n{n[1]}\n", 2), (f"{n[0]} {n[1]}\n\n{n[1]} {n[2]} x\n", 3)):
+        p = w.write("bad.txt", bad)
+        r = run(["match", store, p, "-o", out], expect=1)
+        assert f"bad.txt:{line}:" in r.stderr and "expected 2 image names" in r.stderr, r.stderr
+        nothing_written()
+    # unknown names: the first few and the count; --skip-missing
+    text = "".join(f"{n[0]} nope{i}.jpg\n" for i in range(7)) + f"{n[0]} {n[1]}\n"
+    p = w.write("missing.txt", text)
+    r = run(["match", store, p, "-o", out], expect=1)
+    assert "7 images named in" in r.stderr and "'nope0.jpg'" in r.stderr, r.stderr
+    assert "--skip-missing" in r.stderr and "..." in r.stderr, r.stderr
+    nothing_written()
+    js, r = match(store, p, out, "--skip-missing")
+    assert js["pairs"] == 1 and js["pairs_missing"] == 7 and js["names_missing"] == 7, js
+    assert "skipping 7 pairs" in r.stderr, r.stderr
+    assert pair_keys(out) == {hloc_io.names_to_pair(n[0], n[1])}
+    os.remove(out)
+    good = w.write("pairs.txt", f"{n[0]} {n[1]}\n{n[1]} {n[2]}\n")
+    # output that cannot be written
+    for o, why in ((w.p("no", "such", "dir", "m.h5"), "No such file"), (w.dir, "is a directory")):
+        r = run(["match", store, good, "-o", o], expect=1)
+        assert why in r.stderr and o in r.stderr, r.stderr
+    assert not os.path.exists(w.p("no"))
+    # store missing, not a store, truncated store
+    r = run(["match", w.p("nostore.fst"), good, "-o", out], expect=1)
+    assert "nostore.fst" in r.stderr, r.stderr
+    junk = w.write("junk.fst", os.urandom(65536), mode="wb")
+    r = run(["match", junk, good, "-o", out], expect=1)
+    assert "junk.fst" in r.stderr, r.stderr
+    # pairs file missing
+    r = run(["match", store, w.p("nopairs.txt"), "-o", out], expect=1)
+    assert "nopairs.txt" in r.stderr, r.stderr
+    nothing_written()
+    # an existing output that is not HDF5 is not overwritten
+    w.write("m.h5", "not hdf5")
+    r = run(["match", store, good, "-o", out], expect=1)
+    assert "not an HDF5 file" in r.stderr, r.stderr
+    assert open(out).read() == "not hdf5"
+    os.remove(out)
+    # usage errors: exit 2
+    for args in (["match", store, good], ["match", store, "-o", out], ["match", store, good, "-o",
+                 out, "--workers", "0"], ["match", store, good, "-o", out, "--preset", "nope"],
+                 ["match", store, good, "-o", out, "--bogus"],
+                 ["match", store, good, "-o", out, "--matches-dtype", "int8"]):
+        run(args, expect=2)
+    r = run(["match", store, good, "-o", out, "--device", "gpu"], expect=1)
+    assert "--device gpu" in r.stderr, r.stderr
+    nothing_written()
+    # a store cut short (a copy interrupted): an error, not a crash
+    trunc = w.p("trunc.fst")
+    with open(store, "rb") as f:
+        data = f.read()
+    with open(trunc, "wb") as f:
+        f.write(data[: len(data) // 3])
+    r = run(["match", trunc, good, "-o", out], expect=None)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert "trunc.fst" in r.stderr, r.stderr
+    nothing_written()
+
+
+def case_existing(w):
+    h5, store, feats, imgs = dataset(w, n_images=10, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False)
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    full = w.p("full.h5")
+    match(store, pairs, full)
+    # half the pairs first, then all: the first half is skipped
+    half = w.write("half.txt", "".join(f"{a} {b}\n" for a, b in expect[: len(expect) // 2]))
+    out = w.p("m.h5")
+    match(store, half, out)
+    js, _ = match(store, pairs, out, "--workers", "2")
+    assert js["pairs_existing"] == len(expect) // 2, js
+    assert js["pairs"] == len(expect) - len(expect) // 2, js
+    assert_same_output(out, full)
+    # nothing to do: the file is left alone
+    before = os.stat(out).st_mtime_ns
+    js, _ = match(store, pairs, out)
+    assert js["pairs"] == 0 and not js["output_written"], js
+    assert os.stat(out).st_mtime_ns == before
+    # an hloc file with reversed and old-style keys: those pairs are skipped
+    hl = w.p("hloc.h5")
+    (a0, b0), (a1, b1), (a2, b2) = expect[:3]
+    with h5py.File(hl, "w", libver="latest") as f:
+        g = f.create_group(hloc_io.names_to_pair(b0, a0))           # reversed
+        g.create_dataset("matches0", data=np.full(5, -1, np.int16))
+        g.create_dataset("matching_scores0", data=np.zeros(5, np.float16))
+        g = f.create_group(hloc_io.names_to_pair_old(a1, b1))       # old
+        g.create_dataset("matches0", data=np.full(5, -1, np.int16))
+        g.create_dataset("matching_scores0", data=np.zeros(5, np.float16))
+        g = f.create_group(hloc_io.names_to_pair_old(b2, a2))       # old reversed
+        g.create_dataset("matches0", data=np.full(5, -1, np.int16))
+        g.create_dataset("matching_scores0", data=np.zeros(5, np.float16))
+        f.create_group(hloc_io.names_to_pair(*expect[3]))          # no matches0: not a pair
+        f.create_dataset("unrelated", data=np.arange(3))
+    js, _ = match(store, pairs, hl)
+    assert js["pairs_existing"] == 3 and js["pairs"] == len(expect) - 3, js
+    with h5py.File(hl, "r") as f:
+        assert f["unrelated"][()].tolist() == [0, 1, 2]
+        assert hloc_io.names_to_pair(b0, a0) in f and hloc_io.names_to_pair(a0, b0) not in f
+    # --overwrite: everything recomputed; stale reversed/old keys removed
+    js, _ = match(store, pairs, hl, "--overwrite")
+    assert js["pairs"] == len(expect) and js["pairs_existing"] == 0, js
+    with h5py.File(hl, "r") as f:
+        assert hloc_io.names_to_pair(b0, a0) not in f
+        assert hloc_io.names_to_pair_old(a1, b1) not in f
+        assert hloc_io.names_to_pair_old(b2, a2) not in f
+        assert f["unrelated"][()].tolist() == [0, 1, 2]
+    c_full, c_hl = h5_content(full), h5_content(hl)
+    del c_hl["unrelated"]
+    assert c_full == c_hl
+    check_against_hloc(hl, feats, expect, hloc_io.PRESETS["NN-mutual"])
+
+
+def slow_env(log_path, ms=15, **more):
+    e = {"FST_TEST_PAIR_DELAY_MS": str(ms), "FST_TEST_MATCH_LOG": log_path}
+    e.update(more)
+    return e
+
+
+def start(args, env):
+    e = dict(os.environ)
+    e.update(env)
+    return subprocess.Popen([FST] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=e)
+
+
+def case_kill_worker(w):
+    h5, store, feats, imgs = dataset(w, n_images=12, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False, step=(1, 2, 3, 4, 5))
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref, "--workers", "1")
+    out = w.p("m.h5")
+    lg = w.p("log.txt")
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json", "--quiet"],
+              slow_env(lg))
+    wait_lines(lg, 6, p)
+    kids = children(p.pid)
+    assert len(kids) == 2, kids
+    os.kill(kids[0], signal.SIGKILL)
+    stdout, stderr = p.communicate(timeout=120)
+    clean(stderr, "kill_worker")
+    assert p.returncode == 0, (p.returncode, stderr)
+    js = json.loads(stdout.strip().splitlines()[-1])
+    assert js["worker_restarts"] >= 1 and js["pairs"] == len(expect), js
+    assert "killed by signal 9" in stderr and "back to the queue" in stderr, stderr
+    assert_same_output(out, ref)
+    assert leftovers(w, out) == ["m.h5"]
+
+
+def case_kill_coordinator(w):
+    h5, store, feats, imgs = dataset(w, n_images=12, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False, step=(1, 2, 3, 4, 5))
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref)
+    out = w.p("m.h5")
+    lg1, lg2 = w.p("log1.txt"), w.p("log2.txt")
+    # 80 ms a pair, 2 workers: ~1.8 s; killed after ~0.7 s, when the
+    # journal (committed every 250 ms) holds some pairs and not all
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--quiet"],
+              slow_env(lg1, ms=80))
+    wait_lines(lg1, 8, p)
+    time.sleep(0.4)
+    kids = children(p.pid)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate()
+    t0 = time.time()
+    while not all(gone(k) for k in kids):          # workers die with it
+        assert time.time() - t0 < 10, f"workers {kids} outlived the coordinator"
+        time.sleep(0.02)
+    assert not os.path.exists(out)
+    assert os.path.exists(out + ".journal")
+    done1 = set(log_lines(lg1))
+    js, _ = match(store, pairs, out, "--workers", "2", env={"FST_TEST_MATCH_LOG": lg2})
+    matched2 = log_lines(lg2)
+    assert js["pairs_resumed"] > 0 and js["pairs"] > 0, js
+    assert js["pairs_resumed"] + js["pairs"] == len(expect), js
+    assert len(matched2) == js["pairs"] == len(set(matched2)), (len(matched2), js)
+    # what the second run matched was not journaled by the first
+    assert js["pairs_resumed"] <= len(done1)
+    assert not os.path.exists(out + ".journal")
+    assert_same_output(out, ref)
+    with open(out, "rb") as a, open(ref, "rb") as b:
+        assert a.read() == b.read(), "resumed output not byte-identical"
+    assert leftovers(w, out) == ["m.h5"], leftovers(w, out)
+
+
+def case_signals(w):
+    h5, store, feats, imgs = dataset(w, n_images=10, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False, step=(1, 2, 3, 4))
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref)
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        out = w.p(f"m{code}.h5")
+        lg = w.p(f"log{code}.txt")
+        p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json", "--quiet"],
+                  slow_env(lg))
+        wait_lines(lg, 4, p)
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=60)
+        clean(stderr, "signal")
+        assert p.returncode == code, (p.returncode, stderr)
+        assert "run the same command again to resume" in stderr, stderr
+        js = json.loads(stdout.strip().splitlines()[-1])
+        assert js["status"] == "interrupted" and js["signal"] == sig, js
+        assert not os.path.exists(out) and os.path.exists(out + ".journal")
+        assert js["pairs"] >= 4, js
+        # other parameters: refused, nothing lost
+        r = run(["match", store, pairs, "-o", out, "--preset", "NN-ratio"], expect=1)
+        assert "other parameters" in r.stderr and "--overwrite" in r.stderr, r.stderr
+        assert "ratio_threshold" in r.stderr, r.stderr
+        js2, _ = match(store, pairs, out)
+        assert js2["pairs_resumed"] == js["pairs"], (js, js2)
+        assert js2["pairs_resumed"] + js2["pairs"] == len(expect)
+        assert_same_output(out, ref)
+        assert leftovers(w, out) == [os.path.basename(out)]
+    # an interrupted run, then --overwrite with other parameters: starts over
+    out = w.p("mo.h5")
+    lg = w.p("logo.txt")
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--quiet"], slow_env(lg))
+    wait_lines(lg, 4, p)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    r = run(["match", store, pairs, "-o", out, "--preset", "NN-ratio", "--overwrite", "--json"])
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["pairs_resumed"] == 0 and js["pairs"] == len(expect), js
+    assert "note: discarding" in r.stderr, r.stderr
+    ref2 = w.p("ref2.h5")
+    match(store, pairs, ref2, "--preset", "NN-ratio")
+    assert_same_output(out, ref2)
+
+
+def case_crash_pair(w):
+    h5, store, feats, imgs = dataset(w, n_images=10, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False)
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref)
+    bad = expect[len(expect) // 2]
+    out = w.p("m.h5")
+    js, r = match(store, pairs, out, "--workers", "2", expect=1,
+                  env={"FST_TEST_CRASH_PAIR": f"{bad[0]} {bad[1]}"})
+    assert js["status"] == "failed_pairs" and js["pairs_failed"] == 1, js
+    f = js["failures"][0]
+    assert (f["name0"], f["name1"]) == bad and f["status"] == "ECHILD", f
+    assert "isolated" in f["detail"] and "signal 6" in f["detail"], f
+    assert f"{bad[0]} {bad[1]}" in r.stderr and "isolated" in r.stderr, r.stderr
+    assert js["pairs"] == len(expect) - 1 and js["output_written"], js
+    keys = pair_keys(out)
+    assert hloc_io.names_to_pair(*bad) not in keys and len(keys) == len(expect) - 1
+    assert not os.path.exists(out + ".journal")
+    # the same command without the crash: only the failed pair is matched
+    js, _ = match(store, pairs, out)
+    assert js["pairs"] == 1 and js["pairs_existing"] == len(expect) - 1, js
+    assert_same_output(out, ref)
+
+
+def case_query(w):
+    db = make_images(n_images=8, prefix="db/img", extra=False)
+    q = {f"query/q{i}.jpg": unit(48, int(RNG.integers(30, 200))) for i in range(4)}
+    dbn = sorted(db)
+    for i, name in enumerate(q):                   # plant some matches
+        src = db[dbn[i]]
+        k = min(src.shape[1], q[name].shape[1]) // 2
+        q[name][:, :k] = src[:, :k]
+    write_features(w.p("db.h5"), db)
+    write_features(w.p("q.h5"), q)
+    store = w.p("db.fst")
+    run(["import", w.p("db.h5"), store, "--quiet"])
+    text = "".join(f"{a} {b}\n" for a in q for b in dbn[:5])
+    pairs = w.write("pairs.txt", text)
+    expect = hloc_io.hloc_pairs(text)
+    fq = hloc_io.load_features(w.p("q.h5"))
+    fdb = hloc_io.load_features(w.p("db.h5"))
+    out = w.p("m.h5")
+    js, _ = match(store, pairs, out, "--query", w.p("q.h5"), "--workers", "2")
+    assert js["pairs"] == len(expect), js
+    check_against_hloc(out, fq, expect, hloc_io.PRESETS["NN-mutual"], feats1=fdb)
+    assert sorted(os.listdir(w.dir)) == sorted(["db.h5", "q.h5", "db.fst", "db.fst-lock",
+                                                "pairs.txt", "m.h5"]), os.listdir(w.dir)
+    # the query as a store
+    qs = w.p("q.fst")
+    run(["import", w.p("q.h5"), qs, "--quiet"])
+    out2 = w.p("m2.h5")
+    js, _ = match(store, pairs, out2, "--query", qs)
+    assert_same_output(out, out2)
+    # a query name missing from the query
+    bad = w.write("bad.txt", f"{dbn[0]} {dbn[1]}\n")
+    r = run(["match", store, bad, "-o", w.p("m3.h5"), "--query", qs], expect=1)
+    assert "(query)" in r.stderr, r.stderr
+
+
+def case_int32(w):
+    big = unit(8, 33000)
+    imgs = {"small.jpg": big[:, 1000:1010].copy(), "big.jpg": big, "tiny.jpg": unit(8, 5)}
+    write_features(w.p("f.h5"), imgs)
+    store = w.p("db.fst")
+    run(["import", w.p("f.h5"), store, "--quiet"])
+    pairs = w.write("pairs.txt", "small.jpg big.jpg\nsmall.jpg tiny.jpg\n")
+    out = w.p("m.h5")
+    r = run(["match", store, pairs, "-o", out], expect=1)
+    assert "'big.jpg' has 33000 keypoints" in r.stderr and "--matches-dtype int32" in r.stderr
+    assert leftovers(w, out) == []
+    js, _ = match(store, pairs, out, "--matches-dtype", "int32")
+    feats = hloc_io.load_features(w.p("f.h5"))
+    with h5py.File(out, "r") as f:
+        m = f["small.jpg/big.jpg/matches0"]
+        assert m.dtype == np.int32 and m[()].tolist() == list(range(1000, 1010)), m[()]
+    check_against_hloc(out, feats, [("small.jpg", "tiny.jpg")], hloc_io.PRESETS["NN-mutual"])
+
+
+def case_devices(w):
+    """--device on any build and machine: CUDA built or not, GPU or not."""
+    h5, store, feats, imgs = dataset(w, n_images=6, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False)
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    out = w.p("m.h5")
+    built = "CUDA backend built" in run([], expect=2).stderr
+    log("CUDA backend", "built" if built else "not built")
+    r = run(["match", store, pairs, "-o", out, "--device", "cuda:x"], expect=1)
+    assert ("expected device numbers" if built else "built without") in r.stderr, r.stderr
+    # no device: an error naming the problem, never a quiet CPU run
+    r = run(["match", store, pairs, "-o", out, "--device", "cuda"], expect=1,
+            env={"CUDA_VISIBLE_DEVICES": ""})
+    assert "backend not available" in r.stderr, r.stderr
+    assert ("no CUDA device found" if built else "built without") in r.stderr, r.stderr
+    r = run(["match", store, pairs, "-o", out, "--device", "cuda:7"], expect=1,
+            env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert "backend not available" in r.stderr, r.stderr
+    assert not os.path.exists(out)
+    # auto without a device: the CPU (said so when CUDA is built)
+    r = run(["match", store, pairs, "-o", out, "--device", "auto", "--json"],
+            env={"CUDA_VISIBLE_DEVICES": ""})
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["backend"] == "cpu" and js["pairs"] == len(expect), js
+    assert ("no CUDA device found" in r.stderr) == built, r.stderr
+    os.remove(out)
+    if not built:
+        return
+    # a device named: a GPU worker bound to it, or (no GPU here) a clear failure
+    # with --device cuda and a fallback to the CPU with auto
+    r = run(["match", store, pairs, "-o", out, "--device", "cuda", "--json"], expect=None,
+            env={"CUDA_VISIBLE_DEVICES": "0"})
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    if r.returncode == 0:
+        assert js["backend"] == "cuda" and js["device"] == "cuda:0", js
+        check_against_hloc(out, feats, expect, hloc_io.PRESETS["NN-mutual"])
+        os.remove(out)
+        log("a GPU is here: --device cuda checked against hloc's matcher")
+    else:
+        assert r.returncode == 1 and "worker 0 on GPU 0" in r.stderr, r.stderr
+        assert not os.path.exists(out)
+    r = run(["match", store, pairs, "-o", out, "--device", "auto", "--json"],
+            env={"CUDA_VISIBLE_DEVICES": "0"})
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["pairs"] == len(expect), js
+    if js["backend"] == "cpu":
+        assert "no usable CUDA device" in r.stderr, r.stderr
+    check_against_hloc(out, feats, expect, hloc_io.PRESETS["NN-mutual"])
+
+
+def case_fake_gpus(w):
+    """The GPU plumbing without a GPU (FST_TEST_FAKE_CUDA: a "cuda" worker
+    runs the CPU backend if its CUDA_VISIBLE_DEVICES is in the list): one
+    device per worker, round robin, ids mapped through the caller's
+    CUDA_VISIBLE_DEVICES, broken devices left out, auto's fallback."""
+    h5, store, feats, imgs = dataset(w, n_images=8, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False)
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref, "--device", "cpu")
+
+    def fake(tag, visible, works, *args, expect_rc=0, delay=0):
+        out, lg = w.p(f"m-{tag}.h5"), w.p(f"log-{tag}.txt")
+        env = {"CUDA_VISIBLE_DEVICES": visible, "FST_TEST_FAKE_CUDA": works,
+               "FST_TEST_MATCH_LOG": lg, "FST_TEST_PAIR_DELAY_MS": str(delay)}
+        r = run(["match", store, pairs, "-o", out, "--json", *args], expect=expect_rc, env=env)
+        js = json.loads(r.stdout.strip().splitlines()[-1])
+        lines = log_lines(lg)
+        ready = {l[1] for l in lines if l[0] == "#ready"}
+        used = {l[2] for l in lines if len(l) == 3}
+        assert used <= ready, (used, ready)
+        return js, r, out, ready
+
+    js, r, out, ids = fake("all", "0,1,2", "0,1,2", "--device", "cuda")
+    assert js["backend"] == "cuda" and js["device"] == "cuda:0,1,2" and js["workers"] == 3, js
+    assert ids == {"cuda=0", "cuda=1", "cuda=2"}, ids
+    assert_same_output(out, ref)
+    js, r, out, ids = fake("pick", "0,1,2", "0,1,2", "--device", "cuda:0,2",
+                           "--workers-per-device", "2")
+    assert js["workers"] == 4 and ids == {"cuda=0", "cuda=2"}, (js, ids)
+    assert_same_output(out, ref)
+    js, r, out, ids = fake("map", "5,7", "7", "--device", "cuda:1")   # index 1 of the caller's
+    assert ids == {"cuda=7"} and js["device"] == "cuda:7", (js, ids)
+    # (slowed down, so that the broken worker reports before the end)
+    js, r, out, ids = fake("broken", "0,1", "0", "--device", "cuda", delay=25)
+    assert ids == {"cuda=0"} and "cannot use GPU 1" in r.stderr, (ids, r.stderr)
+    assert js["pairs"] == len(expect), js
+    assert_same_output(out, ref)
+    js, r, out, ids = fake("none", "0,1", "none", "--device", "cuda", expect_rc=1)
+    assert "backend not available" in r.stderr and "on GPU" in r.stderr, r.stderr
+    assert not os.path.exists(out)
+    js, r, out, ids = fake("auto", "0,1", "none", "--device", "auto")
+    assert js["backend"] == "cpu" and "no usable CUDA device" in r.stderr, (js, r.stderr)
+    assert_same_output(out, ref)
+
+
+CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
+
+
+def main():
+    names = sys.argv[1:] or list(CASES)
+    print(f"1..{len(names)}")
+    failed = 0
+    for i, name in enumerate(names, 1):
+        w = Workdir(name)
+        t0 = time.time()
+        try:
+            CASES[name](w)
+            print(f"ok {i} {name} ({time.time() - t0:.1f} s)", flush=True)
+            w.cleanup()
+        except Exception:
+            import traceback
+            failed += 1
+            for line in traceback.format_exc().splitlines():
+                print("#", line)
+            print(f"not ok {i} {name} (files kept in {w.dir})", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
