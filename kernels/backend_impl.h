@@ -2,6 +2,7 @@
 #ifndef FST_BACKEND_IMPL_H
 #define FST_BACKEND_IMPL_H
 
+#include "fst_config.h"   /* FST_HAVE_CUDA, before the registry below */
 #include "fst_kernels.h"
 #include "base_impl.h"
 

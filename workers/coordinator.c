@@ -721,10 +721,23 @@ static fst_status queue_config(run *R, wk *w)
     const fst_run_opts *o = R->o;
     char params[600];
     const char *extra = o->backend_params && *o->backend_params ? o->backend_params : NULL;
-    if (R->cuda)
-        snprintf(params, sizeof params, "%s%s%s", extra && strstr(extra, "device=") ? "" : "device=0",
-                 extra && !strstr(extra, "device=") ? "," : "", extra ? extra : "");
-    else
+    if (R->cuda) {
+        /* Each worker sees its one GPU as device 0. The K workers sharing a
+         * GPU each size their descriptor cache to 1/K of its free memory
+         * (share=K), or the first one's cache would take it all. */
+        uint32_t ngpu = R->ngpu ? R->ngpu : 1;
+        uint32_t k = (wanted_workers(R) + ngpu - 1) / ngpu;
+        size_t l = 0;
+        params[0] = '\0';
+        if (!(extra && strstr(extra, "device=")))
+            l += (size_t)snprintf(params + l, sizeof params - l, "device=0,");
+        if (!(extra && strstr(extra, "share=")))
+            l += (size_t)snprintf(params + l, sizeof params - l, "share=%u,", k ? k : 1);
+        snprintf(params + l, sizeof params - l, "%s", extra ? extra : "");
+        l = strlen(params);
+        if (l && params[l - 1] == ',')
+            params[l - 1] = '\0';
+    } else
         snprintf(params, sizeof params, "%s%s%s",
                  extra && strstr(extra, "threads=") ? "" : R->wparams,
                  extra && !strstr(extra, "threads=") ? "," : "", extra ? extra : "");
