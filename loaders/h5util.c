@@ -1,7 +1,6 @@
 /* h5util.c : HDF5 helpers shared by the loaders (loader_impl.h). */
 #include "loader_impl.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -198,43 +197,6 @@ fst_status fst__h5_open_read(const char *path, hid_t *out, uint64_t *size_out,
     return FST_OK;
 }
 
-/* Remove `<path>.tmp-<pid>` files left by dead processes (a killed export
- * or synth), so that repeated crashes do not pile up files. */
-static void remove_stale_tmps(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char dir[PATH_MAX];
-    const char *base = slash ? slash + 1 : path;
-    if (slash) {
-        size_t n = (size_t)(slash - path);
-        if (n >= sizeof dir) return;
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-        if (n == 0) strcpy(dir, "/");
-    } else {
-        strcpy(dir, ".");
-    }
-    size_t blen = strlen(base);
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, base, blen) != 0 || strncmp(e->d_name + blen, ".tmp-", 5))
-            continue;
-        char *end;
-        long pid = strtol(e->d_name + blen + 5, &end, 10);
-        if (*end || pid <= 0 || pid > INT_MAX)
-            continue;
-        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-            continue;           /* alive, or not ours to judge */
-        char full[PATH_MAX];
-        if (snprintf(full, sizeof full, "%s/%s", dir, e->d_name) < (int)sizeof full)
-            unlink(full);
-    }
-    closedir(d);
-}
-
 static fst_status out_begin(const char *path, fst__out *o)
 {
     memset(o, 0, sizeof *o);
@@ -254,7 +216,7 @@ static fst_status out_begin(const char *path, fst__out *o)
         return fst__fail(FST_ENOMEM, "%s", path);
     }
     snprintf(o->tmp, n, "%s.tmp-%ld", path, (long)getpid());
-    remove_stale_tmps(path);
+    fst__remove_stale(path, ".tmp-", (const char *const[]){"", NULL}, false);
     unlink(o->tmp);   /* ours from an earlier failed attempt in this process */
     return FST_OK;
 }
@@ -303,20 +265,6 @@ fst_status fst__out_text(const char *path, fst__out *o)
     return FST_OK;
 }
 
-static fst_status fsync_path(const char *path, int dir)
-{
-    int fd = open(path, O_RDONLY | (dir ? O_DIRECTORY : 0));
-    if (fd < 0)
-        return from_errno(errno, path, "cannot open to sync");
-    int rc = fsync(fd);
-    int e = errno;
-    close(fd);
-    /* Some filesystems refuse fsync on directories; that is no failure. */
-    if (rc != 0 && !(dir && (e == EINVAL || e == EBADF)))
-        return from_errno(e, path, "fsync");
-    return FST_OK;
-}
-
 static fst_status rename_noreplace(const char *from, const char *to)
 {
     if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
@@ -355,21 +303,11 @@ fst_status fst__out_commit(fst__out *o)
         if (bad)
             FST_TRY(from_errno(e, o->tmp, "write"));
     }
-    FST_TRY(fsync_path(o->tmp, 0));
+    FST_TRY(fst__fsync_path(o->tmp, false));
     FST_TRY(rename_noreplace(o->tmp, o->path));
-    {
-        char dir[PATH_MAX];
-        const char *slash = strrchr(o->path, '/');
-        if (!slash)
-            strcpy(dir, ".");
-        else if (slash == o->path)
-            strcpy(dir, "/");
-        else
-            snprintf(dir, sizeof dir, "%.*s", (int)(slash - o->path), o->path);
-        free(o->tmp);
-        o->tmp = NULL;      /* in place now: never remove it */
-        FST_TRY(fsync_path(dir, 1));
-    }
+    free(o->tmp);
+    o->tmp = NULL;          /* in place now: never remove it */
+    FST_TRY(fst__fsync_parent(o->path));
 out:
     fst__out_discard(o);
     return s;

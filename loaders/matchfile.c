@@ -12,7 +12,6 @@
 #include "loader_impl.h"
 #include "fst_journal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -357,50 +356,6 @@ out:
     return s;
 }
 
-static void remove_stale(const char *dest)
-{
-    const char *slash = strrchr(dest, '/');
-    char dir[PATH_MAX];
-    const char *base = slash ? slash + 1 : dest;
-    if (slash) {
-        size_t n = (size_t)(slash - dest);
-        if (n >= sizeof dir) return;
-        memcpy(dir, dest, n);
-        dir[n] = '\0';
-        if (n == 0) strcpy(dir, "/");
-    } else {
-        strcpy(dir, ".");
-    }
-    size_t blen = strlen(base);
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, base, blen) || strncmp(e->d_name + blen, ".tmp-", 5))
-            continue;
-        char *end;
-        long pid = strtol(e->d_name + blen + 5, &end, 10);
-        if (*end || pid <= 0 || pid > INT_MAX) continue;
-        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
-        char full[PATH_MAX];
-        if (snprintf(full, sizeof full, "%s/%s", dir, e->d_name) < (int)sizeof full)
-            unlink(full);
-    }
-    closedir(d);
-}
-
-static fst_status fsync_file(const char *path, bool dir)
-{
-    int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0) {
-        int e = errno;
-        if (fd >= 0) close(fd);
-        return fst__fail(e == ENOSPC ? FST_EFULL : FST_EIO, "fsync %s: %s", path, strerror(e));
-    }
-    close(fd);
-    return FST_OK;
-}
-
 fst_status fst_matchfile_write(const char *dest, fst_journal *j,
                                const fst_matchfile_opts *opts, uint64_t *n_written)
 {
@@ -415,17 +370,12 @@ fst_status fst_matchfile_write(const char *dest, fst_journal *j,
     hid_t fapl = H5I_INVALID_HID;
     size_t tl = strlen(dest) + 32;
     char *tmp = malloc(tl);
-    char *dir = strdup(dest);
-    if (!tmp || !dir) {
+    if (!tmp) {
         s = fst__fail(FST_ENOMEM, "%s", dest);
         goto out;
     }
     snprintf(tmp, tl, "%s.tmp-%ld", dest, (long)getpid());
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = '\0';
-    else if (slash)   *slash = '\0';
-    else              strcpy(dir, ".");
-    remove_stale(dest);
+    fst__remove_stale(dest, ".tmp-", (const char *const[]){"", NULL}, false);
     unlink(tmp);
     if (opts) {
         w.progress = opts->progress;
@@ -481,14 +431,14 @@ fst_status fst_matchfile_write(const char *dest, fst_journal *j,
         s = fst__h5_fail(FST_EIO, "%s: closing %s", dest, tmp);
         goto out;
     }
-    FST_TRY(fsync_file(tmp, false));
+    FST_TRY(fst__fsync_path(tmp, false));
     if (rename(tmp, dest) != 0) {
         s = fst__fail(FST_EIO, "renaming %s to %s: %s", tmp, dest, strerror(errno));
         goto out;
     }
     free(tmp);
     tmp = NULL;
-    FST_TRY(fsync_file(dir, true));
+    FST_TRY(fst__fsync_parent(dest));
     if (w.progress && w.total == 0)
         w.progress(0, 0, 0, w.progress_ctx);
     if (n_written) *n_written = w.done;
@@ -503,7 +453,6 @@ out:
     if (w.f16 >= 0) H5Tclose(w.f16);
     free(w.pname); free(w.a); free(w.b); free(w.tmpk); free(w.buf);
     free(tmp);
-    free(dir);
     fst__h5_quiet_end(&q);
     return s;
 }

@@ -1,11 +1,17 @@
 /* base.c : status messages, per-thread error detail, float16. */
 #include "base_impl.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static _Thread_local char detail[1024];
 
@@ -134,4 +140,83 @@ uint16_t fst_f32_to_f16(float f)
     uint32_t lsb = (r >> 13) & 1u;
     r += 0xfffu + lsb;
     return sign | (uint16_t)(r >> 13);
+}
+
+fst_status fst__fsync_path(const char *path, bool dir)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (dir ? O_DIRECTORY : 0));
+    if (fd < 0)
+        return fst__fail(FST_EIO, "%s: cannot open to fsync: %s", path,
+                         strerror(errno));
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    if (rc == 0 || (dir && e == EINVAL))
+        return FST_OK;
+    return fst__fail(e == ENOSPC ? FST_EFULL : FST_EIO, "%s: fsync: %s", path,
+                     strerror(e));
+}
+
+/* The directory part of `path` into dir ("." or "/" where it has none),
+ * and where its last component starts. */
+static bool split_dir(const char *path, char *dir, size_t cap,
+                      const char **base)
+{
+    const char *slash = strrchr(path, '/');
+    *base = slash ? slash + 1 : path;
+    int n = !slash ? snprintf(dir, cap, ".")
+          : slash == path ? snprintf(dir, cap, "/")
+          : snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+    return n >= 0 && (size_t)n < cap;
+}
+
+fst_status fst__fsync_parent(const char *path)
+{
+    char dir[PATH_MAX];
+    const char *base;
+    if (!split_dir(path, dir, sizeof dir, &base))
+        return fst__fail(FST_EINVAL, "%s: path too long", path);
+    return fst__fsync_path(dir, true);
+}
+
+void fst__remove_stale(const char *path, const char *infix,
+                       const char *const *rests, bool own_is_stale)
+{
+    char dir[PATH_MAX];
+    const char *base;
+    if (!split_dir(path, dir, sizeof dir, &base))
+        return;
+    size_t bl = strlen(base), il = strlen(infix);
+    DIR *dp = opendir(dir);
+    if (!dp)
+        return;
+    struct dirent *e;
+    while ((e = readdir(dp)) != NULL) {
+        const char *nm = e->d_name;
+        if (strncmp(nm, base, bl) != 0 || strncmp(nm + bl, infix, il) != 0)
+            continue;
+        const char *digits = nm + bl + il;
+        char *end;
+        errno = 0;
+        long pid = strtol(digits, &end, 10);
+        if (errno || end == digits || *digits < '0' || *digits > '9' ||
+            pid <= 0 || pid > INT_MAX)
+            continue;
+        bool rest_ok = false;
+        for (const char *const *r = rests; *r && !rest_ok; r++) {
+            size_t rl = strlen(*r);
+            rest_ok = rl && (*r)[rl - 1] == '*' ? strncmp(end, *r, rl - 1) == 0
+                                                : strcmp(end, *r) == 0;
+        }
+        if (!rest_ok)
+            continue;
+        bool dead = (own_is_stale && (pid_t)pid == getpid()) ||
+                    (kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+        if (!dead)
+            continue;
+        char full[PATH_MAX + 256];
+        if (snprintf(full, sizeof full, "%s/%s", dir, nm) < (int)sizeof full)
+            unlink(full);
+    }
+    closedir(dp);
 }

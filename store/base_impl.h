@@ -34,6 +34,29 @@ fst_status fst__failpre(fst_status s, const char *fmt, ...) FST_PRINTF(2, 3);
 } while (0)
 _Noreturn void fst__assert_fail(const char *what, const char *file, int line);
 
+/* fst__fsync_path() :
+ * fsync the file (dir false) or directory (dir true) at `path`. A directory
+ * whose filesystem refuses fsync (EINVAL) is no failure.
+ * @return FST_OK; FST_EFULL (ENOSPC); FST_EIO. The detail names `path`. */
+fst_status fst__fsync_path(const char *path, bool dir);
+
+/* fst__fsync_parent() :
+ * fsync the directory that holds `path`, making a create, rename or unlink
+ * of `path` durable. Same returns as fst__fsync_path(). */
+fst_status fst__fsync_parent(const char *path);
+
+/* fst__remove_stale() :
+ * Remove the siblings of `path` left by dead processes: files named
+ * `<basename(path)><infix><pid><rest>` where <rest> is one of the strings
+ * of `rests` (NULL-terminated; "" for nothing after the pid; a string
+ * ending in '*' matches any <rest> that starts with the rest of it) and process
+ * <pid> no longer exists (kill(pid, 0) fails with ESRCH), or is this
+ * process when `own_is_stale` (it is about to create that name). Best
+ * effort: nothing is reported. A pid from another PID namespace sharing the
+ * directory would be misjudged; featstore does not support that. */
+void fst__remove_stale(const char *path, const char *infix,
+                       const char *const *rests, bool own_is_stale);
+
 #ifdef __cplusplus
 }
 #endif

@@ -121,23 +121,6 @@ static void drop_wtxn(fst_journal *j)
     j->pending = 0;
 }
 
-static fst_status fsync_dir_of(const char *path)
-{
-    char *dir = strdup(path);
-    if (!dir) return fst__fail(FST_ENOMEM, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir)      slash[1] = '\0';
-    else if (slash)        *slash = '\0';
-    else                   strcpy(dir, ".");
-    fst_status s = FST_OK;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0)
-        s = fst__fail(FST_EIO, "%s: fsync of its directory: %s", path, strerror(errno));
-    if (fd >= 0) close(fd);
-    free(dir);
-    return s;
-}
-
 fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
 {
     fst_status s;
@@ -214,7 +197,7 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
         else     mdb_txn_abort(txn);
         txn = NULL;
         FST_TRY(from_mdb(rc, path, "writing the format mark"));
-        if (!existed) FST_TRY(fsync_dir_of(path));
+        if (!existed) FST_TRY(fst__fsync_parent(path));
     } else if (rc == MDB_SUCCESS) {
         bool ok = v.mv_size == strlen(JOURNAL_FORMAT) &&
                   memcmp(v.mv_data, JOURNAL_FORMAT, v.mv_size) == 0;
@@ -266,7 +249,7 @@ fst_status fst_journal_remove(const char *path)
     if (s == FST_OK && unlink(lock) != 0 && errno != ENOENT)
         s = fst__fail(FST_EIO, "removing %s: %s", lock, strerror(errno));
     free(lock);
-    if (s == FST_OK) fsync_dir_of(path);   /* best effort: removal need not be durable */
+    if (s == FST_OK) fst__fsync_parent(path);   /* best effort: removal need not be durable */
     return s;
 }
 

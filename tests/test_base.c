@@ -92,3 +92,79 @@ FST_TEST(dtype_sizes)
     ASSERT_EQ(fst_dtype_size((fst_dtype)9), 0);
     ASSERT_STREQ(fst_dtype_name(FST_DTYPE_F16), "float16");
 }
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static pid_t dead_pid(void)
+{
+    pid_t p = fork();
+    if (p == 0)
+        _exit(0);
+    waitpid(p, NULL, 0);
+    return p;
+}
+
+static void touch(const char *dir, const char *name)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    if (f) fclose(f);
+}
+
+static bool present(const char *dir, const char *name)
+{
+    char p[512];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return stat(p, &sb) == 0;
+}
+
+FST_TEST(remove_stale_takes_only_dead_owners_exact_names)
+{
+    char dir[] = "/tmp/fst_base_XXXXXX";
+    ASSERT_TRUE(mkdtemp(dir) != NULL);
+    char dead[64], live[64], own[64], junk[64], q[64], qlock[64], other[64];
+    pid_t d = dead_pid();
+    snprintf(dead, sizeof dead, "out.h5.tmp-%d", (int)d);
+    snprintf(live, sizeof live, "out.h5.tmp-%d", (int)getppid());
+    snprintf(own, sizeof own, "out.h5.tmp-%d", (int)getpid());
+    snprintf(junk, sizeof junk, "out.h5.tmp-%dx", (int)d);
+    snprintf(q, sizeof q, "out.h5.query-%d.fst", (int)d);
+    snprintf(qlock, sizeof qlock, "out.h5.query-%d.fst-lock", (int)d);
+    snprintf(other, sizeof other, "zout.h5.tmp-%d", (int)d);
+    const char *all[] = { dead, live, own, junk, q, qlock, other, "out.h5" };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        touch(dir, all[i]);
+
+    char path[256];
+    snprintf(path, sizeof path, "%s/out.h5", dir);
+    fst__remove_stale(path, ".tmp-", (const char *const[]){"", NULL}, false);
+    ASSERT_TRUE(!present(dir, dead));
+    ASSERT_TRUE(present(dir, live));     /* its owner runs */
+    ASSERT_TRUE(present(dir, own));      /* own_is_stale was false */
+    ASSERT_TRUE(present(dir, junk));     /* not <pid><rest> */
+    ASSERT_TRUE(present(dir, other));    /* another file's sibling */
+    ASSERT_TRUE(present(dir, "out.h5"));
+    fst__remove_stale(path, ".tmp-", (const char *const[]){"", NULL}, true);
+    ASSERT_TRUE(!present(dir, own));
+    ASSERT_TRUE(present(dir, q));
+    fst__remove_stale(path, ".query-", (const char *const[]){".fst*", NULL}, false);
+    ASSERT_TRUE(!present(dir, q));
+    ASSERT_TRUE(!present(dir, qlock));
+
+    ASSERT_OK(fst__fsync_parent(path));
+    ASSERT_OK(fst__fsync_path(path, false));
+    ASSERT_STATUS(fst__fsync_path("/nonexistent/x", false), FST_EIO);
+    ASSERT_CONTAINS(fst_errdetail(), "/nonexistent/x");
+
+    const char *left[] = { live, junk, other, "out.h5" };
+    for (size_t i = 0; i < sizeof left / sizeof left[0]; i++) {
+        char p[512];
+        snprintf(p, sizeof p, "%s/%s", dir, left[i]);
+        unlink(p);
+    }
+    ASSERT_EQ(rmdir(dir), 0);
+}

@@ -197,39 +197,6 @@ static char *path_plus(const char *path, const char *suffix)
 
 /* ---- setup ---- */
 
-/* Remove `<out>.query-<pid>.fst[-lock]` left by dead runs. */
-static void remove_stale_queries(const char *out)
-{
-    const char *slash = strrchr(out, '/');
-    char dir[PATH_MAX];
-    const char *base = slash ? slash + 1 : out;
-    if (slash) {
-        size_t n = (size_t)(slash - out);
-        if (n >= sizeof dir) return;
-        memcpy(dir, out, n);
-        dir[n] = '\0';
-        if (n == 0) strcpy(dir, "/");
-    } else {
-        strcpy(dir, ".");
-    }
-    size_t blen = strlen(base);
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, base, blen) || strncmp(e->d_name + blen, ".query-", 7))
-            continue;
-        char *end;
-        long pid = strtol(e->d_name + blen + 7, &end, 10);
-        if (pid <= 0 || pid > INT_MAX || strncmp(end, ".fst", 4)) continue;
-        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
-        char full[PATH_MAX];
-        if (snprintf(full, sizeof full, "%s/%s", dir, e->d_name) < (int)sizeof full)
-            unlink(full);
-    }
-    closedir(d);
-}
-
 /* Can we create files beside `out`? A probe file, created and removed:
  * access() says yes to root on a read-only mount. */
 static fst_status check_output(run *R)
@@ -1671,7 +1638,8 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     FST_TRY(check_output(R));
     R->jpath = path_plus(o->output, ".journal");
     if (!R->jpath) { s = fst__fail(FST_ENOMEM, "%s", o->output); goto out; }
-    remove_stale_queries(o->output);
+    /* `<out>.query-<pid>.fst` (and its lock and temporaries) of dead runs */
+    fst__remove_stale(o->output, ".query-", (const char *const[]){".fst*", NULL}, false);
     FST_TRY(plan_devices(R));
     char qid[256] = "";
     if (o->query) FST_TRY(setup_query(R, qid, sizeof qid));
