@@ -19,7 +19,8 @@
  *       each time (fork + exec of this program; timed inside the child from
  *       before fst_store_open to after fst_reader_get), and in-process
  *       open/get/close cycles.
- * One line per case (bench.h): name, median, p90, unit, ratio, key=values.
+ * One line per case (bench.h): name, median, p90, unit, ratio, key=values; cpu= is the
+ * child's user + system time (the kernel's background writeback is not in it).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -185,8 +186,11 @@ static void write_only_child(const char *dest, uint32_t images, int fd)
 }
 
 /* Run `what` (0 raw read, 1 import, 2 writer alone) in a fresh child; its three numbers
- * into out[], its peak RSS (bytes) into *rss. */
-static void in_child(int what, const char *h5, const char *dest, double out[3], uint64_t *rss)
+ * into out[], its peak RSS (bytes) into *rss, its CPU time (user + system, all threads,
+ * seconds) into *cpu: on a shared machine the wall times depend on the load, the CPU
+ * times much less. */
+static void in_child(int what, const char *h5, const char *dest, double out[3], uint64_t *rss,
+                     double *cpu)
 {
     int p[2];
     if (pipe(p))
@@ -217,6 +221,8 @@ static void in_child(int what, const char *h5, const char *dest, double out[3], 
         exit(1);
     }
     *rss = (uint64_t)ru.ru_maxrss * 1024;
+    *cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
 }
 
 /* ---- helpers ---- */
@@ -329,7 +335,10 @@ int main(int argc, char **argv)
         warm(c->h5);
 
         double *raw = calloc((size_t)reps, sizeof *raw), *imp_w = calloc((size_t)reps, sizeof *raw),
-               *imp_t = calloc((size_t)reps, sizeof *raw), *wo = calloc((size_t)reps, sizeof *raw);
+               *imp_t = calloc((size_t)reps, sizeof *raw), *wo = calloc((size_t)reps, sizeof *raw),
+               *cpu_raw = calloc((size_t)reps, sizeof *raw),
+               *cpu_imp = calloc((size_t)reps, sizeof *raw),
+               *cpu_wo = calloc((size_t)reps, sizeof *raw);
         uint64_t rss_raw = 0, rss_imp = 0, rss_wo = 0, raw_bytes = 0;
         char nimg[32];
         snprintf(nimg, sizeof nimg, "%u", c->images);
@@ -341,18 +350,18 @@ int main(int argc, char **argv)
                 int what = (r + j) % 3;
                 if (what == 2) {
                     remove_store(c->store);
-                    in_child(2, nimg, c->store, out, &rss);
+                    in_child(2, nimg, c->store, out, &rss, &cpu_wo[r]);
                     wo[r] = out[0];
                     rss_wo = rss > rss_wo ? rss : rss_wo;
                     remove_store(c->store);
                 } else if (what == 0) {
-                    in_child(0, c->h5, NULL, out, &rss);
+                    in_child(0, c->h5, NULL, out, &rss, &cpu_raw[r]);
                     raw[r] = out[0];
                     raw_bytes = (uint64_t)out[2];
                     rss_raw = rss > rss_raw ? rss : rss_raw;
                 } else {
                     remove_store(c->store);
-                    in_child(1, c->h5, c->store, out, &rss);
+                    in_child(1, c->h5, c->store, out, &rss, &cpu_imp[r]);
                     imp_w[r] = out[0];
                     imp_t[r] = out[1];
                     rss_imp = rss > rss_imp ? rss : rss_imp;
@@ -360,9 +369,12 @@ int main(int argc, char **argv)
             }
         }
         double mraw = bench_median(raw, (size_t)reps);
+        double craw = bench_median(cpu_raw, (size_t)reps);
+        double cimp = bench_median(cpu_imp, (size_t)reps);
+        double cwo = bench_median(cpu_wo, (size_t)reps);
         char extra[256];
-        snprintf(extra, sizeof extra, "bytes=%" PRIu64 " peak_rss_MB=%.0f", raw_bytes,
-                 (double)rss_raw / 1e6);
+        snprintf(extra, sizeof extra, "bytes=%" PRIu64 " peak_rss_MB=%.0f cpu=%.2fs", raw_bytes,
+                 (double)rss_raw / 1e6, craw);
         char name[64];
         snprintf(name, sizeof name, "h5_read_all/%s", c->label);
         print_case(name, raw, (size_t)reps, 1, "s", extra);
@@ -370,20 +382,25 @@ int main(int argc, char **argv)
                  bench_median(imp_w, (size_t)reps) / mraw, c->label, (double)rss_imp / 1e6);
         snprintf(name, sizeof name, "import_written/%s", c->label);
         print_case(name, imp_w, (size_t)reps, 1, "s", extra);
-        snprintf(extra, sizeof extra, "ratio=%.2f vs h5_read_all/%s (with fsync + rename)",
-                 bench_median(imp_t, (size_t)reps) / mraw, c->label);
+        snprintf(extra, sizeof extra, "ratio=%.2f vs h5_read_all/%s (with fsync + rename) "
+                 "cpu=%.2fs cpu_ratio=%.2f", bench_median(imp_t, (size_t)reps) / mraw, c->label,
+                 cimp, cimp / craw);
         snprintf(name, sizeof name, "import_total/%s", c->label);
         print_case(name, imp_t, (size_t)reps, 1, "s", extra);
         double mwo = bench_median(wo, (size_t)reps);
         snprintf(extra, sizeof extra, "ratio=%.2f vs h5_read_all/%s; import_written is "
-                 "%.2fx this peak_rss_MB=%.0f", mwo / mraw, c->label,
-                 bench_median(imp_w, (size_t)reps) / mwo, (double)rss_wo / 1e6);
+                 "%.2fx this peak_rss_MB=%.0f cpu=%.2fs cpu_ratio=%.2f", mwo / mraw, c->label,
+                 bench_median(imp_w, (size_t)reps) / mwo, (double)rss_wo / 1e6, cwo,
+                 cwo / craw);
         snprintf(name, sizeof name, "store_write_only/%s", c->label);
         print_case(name, wo, (size_t)reps, 1, "s", extra);
         free(raw);
         free(imp_w);
         free(imp_t);
         free(wo);
+        free(cpu_raw);
+        free(cpu_imp);
+        free(cpu_wo);
 
         fst_store *st = NULL;
         fst_store_meta m;

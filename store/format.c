@@ -117,20 +117,107 @@ size_t fst__record_size(const fst_image *img, uint64_t *payload_len)
     return (size_t)L.value_len;
 }
 
-fst_status fst__record_encode(const fst_image *img, uint64_t gen, void *buf,
-                              size_t len)
+/* Copy count 4-byte (f32) or 2-byte (f16) elements from src to dst and say
+ * whether any is NaN or Inf, in one pass: the OR-reduction vectorizes, and
+ * the writer's check of its input costs no extra read. */
+static bool copy_check_f32(unsigned char *restrict dst,
+                           const unsigned char *restrict src, size_t count)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t b;
+        memcpy(&b, src + 4 * i, 4);
+        memcpy(dst + 4 * i, &b, 4);
+        bad |= (b & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad != 0;
+}
+
+static bool copy_check_f16(unsigned char *restrict dst,
+                           const unsigned char *restrict src, size_t count)
+{
+    unsigned bad = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, 2);
+        memcpy(dst + 2 * i, &h, 2);
+        bad |= (h & 0x7c00u) == 0x7c00u;
+    }
+    return bad != 0;
+}
+
+/* The record is written front to back once: each block is copied (and,
+ * when checking, scanned for non-finite values) in CHUNK-byte pieces, and
+ * each piece is hashed while it is still in L1. Padding is zeroed where it
+ * lies, never the whole value first: the destination is LMDB's page (with
+ * MDB_WRITEMAP a page-cache page), and every extra pass over it costs. */
+#define CHUNK (16u << 10)
+
+typedef struct emitter {
+    unsigned char *v;
+    uint64_t       at;          /* bytes of v written */
+    uint64_t       hashed;      /* bytes of v fed to the hash */
+    uint64_t       hash_end;    /* the checksum covers [FROM, hash_end) */
+    XXH3_state_t  *xs;
+    bool           check, bad;
+} emitter;
+
+static void emit_hash(emitter *e)
+{
+    uint64_t end = e->at < e->hash_end ? e->at : e->hash_end;
+    if (end > e->hashed) {
+        XXH3_64bits_update(e->xs, e->v + e->hashed, (size_t)(end - e->hashed));
+        e->hashed = end;
+    }
+}
+
+static void emit_zero(emitter *e, uint64_t upto)
+{
+    if (upto > e->at) {
+        memset(e->v + e->at, 0, (size_t)(upto - e->at));
+        e->at = upto;
+    }
+}
+
+/* elem: 4 (f32 data), 2 (f16 data) or 1 (bytes, never checked). */
+static void emit_copy(emitter *e, const void *src, uint64_t len, unsigned elem)
+{
+    const unsigned char *s = src;
+    while (len) {
+        size_t n = len < CHUNK ? (size_t)len : CHUNK;
+        unsigned char *d = e->v + e->at;
+        if (!e->check || elem == 1)
+            memcpy(d, s, n);
+        else if (elem == 4)
+            e->bad |= copy_check_f32(d, s, n / 4);
+        else
+            e->bad |= copy_check_f16(d, s, n / 2);
+        e->at += n;
+        s += n;
+        len -= n;
+        emit_hash(e);
+    }
+}
+
+static fst_status encode(const fst_image *img, uint64_t gen, void *buf,
+                         size_t len, bool check, bool *bad)
 {
     layout L;
     if (!plan(img, &L) || L.value_len != len)
         return fst__fail(FST_EINVAL, "record of image '%s': buffer of %zu "
                          "bytes for a record of %llu", img->name, len,
                          (unsigned long long)L.value_len);
+    XXH3_state_t *xs = XXH3_createState();
+    if (!xs || XXH3_64bits_reset(xs) != XXH_OK) {
+        XXH3_freeState(xs);
+        return fst__fail(FST_ENOMEM, "record of image '%s'", img->name);
+    }
     unsigned char *v = buf;
     uint32_t flags = img->flags & ~(uint32_t)FST_VIEW_HAS_SCORES;
     if (has_scores(img))
         flags |= FST_VIEW_HAS_SCORES;
 
-    memset(v, 0, len);
+    memset(v, 0, FST_REC_HEADER_SIZE);
     memcpy(v + FST_REC_OFF_MAGIC, FST_REC_MAGIC, 4);
     st16(v + FST_REC_OFF_MAJOR, FST_FORMAT_MAJOR);
     st16(v + FST_REC_OFF_MINOR, FST_FORMAT_MINOR);
@@ -155,19 +242,50 @@ fst_status fst__record_encode(const fst_image *img, uint64_t gen, void *buf,
 
     /* Arrays are copied as the host holds them: the format is little-endian
      * and so is every host featstore builds for (checked below). */
-    if (L.name_len > 1)
-        memcpy(v + L.name_off, img->name, L.name_len - 1);
-    if (L.kp_len)
-        memcpy(v + L.kp_off, img->keypoints, L.kp_len);
-    if (L.sc_len && img->scores)
-        memcpy(v + L.sc_off, img->scores, L.sc_len);
-    if (L.desc_len)
-        memcpy(v + L.desc_off, img->desc, L.desc_len);
-
-    uint64_t h = XXH3_64bits(v + FST_REC_CHECKSUM_FROM,
-                             L.payload_end - FST_REC_CHECKSUM_FROM);
-    st64(v + FST_REC_OFF_CHECKSUM, h);
+    emitter e = { .v = v, .at = FST_REC_HEADER_SIZE,
+                  .hashed = FST_REC_CHECKSUM_FROM, .hash_end = L.payload_end,
+                  .xs = xs, .check = check };
+    emit_copy(&e, img->name, L.name_len - 1, 1);
+    emit_zero(&e, L.kp_off);                /* the name's NUL, padding */
+    emit_copy(&e, img->keypoints, L.kp_len, 4);
+    if (L.sc_len) {
+        emit_zero(&e, L.sc_off);
+        if (img->scores)
+            emit_copy(&e, img->scores, L.sc_len, 4);
+        else
+            emit_zero(&e, L.sc_off + L.sc_len);
+    }
+    emit_zero(&e, L.desc_off);
+    emit_copy(&e, img->desc, L.desc_len,
+              (unsigned)fst_dtype_size(img->dtype));
+    emit_zero(&e, L.payload_end);
+    emit_hash(&e);
+    emit_zero(&e, len);                     /* up to FST_REC_MIN_SIZE */
+    st64(v + FST_REC_OFF_CHECKSUM, XXH3_64bits_digest(xs));
+    XXH3_freeState(xs);
+    if (bad)
+        *bad = e.bad;
     return FST_OK;
+}
+
+fst_status fst__record_encode(const fst_image *img, uint64_t gen, void *buf,
+                              size_t len)
+{
+    return encode(img, gen, buf, len, false, NULL);
+}
+
+fst_status fst__record_encode_checked(const fst_image *img, uint64_t gen,
+                                      void *buf, size_t len)
+{
+    bool bad = false;
+    fst_status s = encode(img, gen, buf, len, true, &bad);
+    if (s == FST_OK && bad) {
+        /* Rare: scan again for the first bad element to name it. */
+        s = fst__image_check(img);
+        if (s == FST_OK)        /* cannot happen: the scans agree */
+            s = fst__fail(FST_EINVAL, "image '%s': NaN or Inf", img->name);
+    }
+    return s;
 }
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -356,7 +474,7 @@ static size_t first_bad_f16(const uint16_t *a, size_t count)
 
 static const char *nan_or_inf(double x) { return isnan(x) ? "NaN" : "Inf"; }
 
-fst_status fst__image_check(const fst_image *img)
+fst_status fst__image_check_shape(const fst_image *img)
 {
     char b[FST__NAME_MSG];
     if (!img || !img->name || !img->name[0])
@@ -379,7 +497,16 @@ fst_status fst__image_check(const fst_image *img)
     if (fst__record_size(img, NULL) == 0)
         return fst__fail(FST_EINVAL, "image '%s': %u x %u descriptors are "
                          "too large", nm, img->n, img->d);
+    return FST_OK;
+}
 
+fst_status fst__image_check(const fst_image *img)
+{
+    fst_status s = fst__image_check_shape(img);
+    if (s)
+        return s;
+    char b[FST__NAME_MSG];
+    const char *nm = fst__name_for_msg(b, img->name, strlen(img->name));
     size_t n = img->n, i;
     if ((i = first_bad_f32(img->keypoints, n * 2)) < n * 2)
         return fst__fail(FST_EINVAL, "image '%s': keypoints[%zu][%zu] is %s",

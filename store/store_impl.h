@@ -29,9 +29,19 @@ size_t fst__record_size(const fst_image *img, uint64_t *payload_len);
  * len == fst__record_size(img). Every byte of buf is written (padding is
  * zero) and the checksum is set. The FST_VIEW_HAS_SCORES flag is set if
  * img->scores is non-NULL. Any thread.
- * @return FST_OK; FST_EINVAL (len is not the record's size). */
+ * @return FST_OK; FST_EINVAL (len is not the record's size); FST_ENOMEM. */
 fst_status fst__record_encode(const fst_image *img, uint64_t gen, void *buf,
                               size_t len);
+
+/* fst__record_encode_checked() :
+ * fst__record_encode(), checking the arrays for NaN and Inf in the same
+ * pass as the copy (the writer's way: one read of the data, not two).
+ * After a NaN or Inf, buf holds a whole record that must not be kept, and
+ * the detail is fst__image_check()'s. Any thread.
+ * @return FST_OK; FST_EINVAL (NaN or Inf, or len is not the size);
+ *         FST_ENOMEM (the hash state). */
+fst_status fst__record_encode_checked(const fst_image *img, uint64_t gen,
+                                      void *buf, size_t len);
 
 /* How fst__record_decode() checks. */
 enum {
@@ -64,6 +74,11 @@ fst_status fst__record_decode(const void *val, size_t len, const void *key,
  * descriptors. The detail names the image and the first bad element.
  * @return FST_OK; FST_EINVAL. */
 fst_status fst__image_check(const fst_image *img);
+
+/* fst__image_check_shape() : fst__image_check() without the NaN/Inf scans
+ * (fst__record_encode_checked() does those while copying).
+ * @return FST_OK; FST_EINVAL. */
+fst_status fst__image_check_shape(const fst_image *img);
 
 /* fst__image_data_bytes() : keypoint, score and descriptor bytes of an
  * image (what meta `payload_bytes` sums); fst__view_data_bytes() : same
@@ -113,6 +128,12 @@ fst_status fst__store_put_raw(const char *path, const char *table,
  * Commit a batch every `records` records or `bytes` payload bytes, whichever
  * comes first (defaults 1000 and 64 MB). For tests of interrupted writes. */
 void fst__writer_set_batch(fst_writer *w, unsigned records, uint64_t bytes);
+
+/* fst__writer_through_map() :
+ * CREATE: encode records straight into LMDB's map (the fallback used where
+ * the map cannot be found in /proc/self/maps) instead of a staging buffer
+ * and pwrite. For tests of that path. */
+void fst__writer_through_map(fst_writer *w);
 
 /* fst__writer_tmp_path() : CREATE: the temporary file being written; NULL
  * in APPEND mode. Owned by w. */

@@ -2,7 +2,12 @@
  *
  * CREATE writes `<path>.tmp-<pid>` in batches (each committed without fsync:
  * the file is thrown away if anything fails), then meta and the complete
- * marker, fsync, and renames it to `path` without replacing anything.
+ * marker, one fsync, and renames it to `path` without replacing anything.
+ * The environment is MDB_WRITEMAP, so LMDB keeps no copy of the records'
+ * pages: MDB_RESERVE places each record in the map, and the writer encodes
+ * it (copy, NaN/Inf check and checksum in one pass) into a staging buffer
+ * and pwrites it there (put_staged()); finish trims the file LMDB sized to
+ * the map.
  *
  * APPEND also commits in batches, because LMDB keeps every dirty page of a
  * transaction in memory until commit, and a record is one dirty-list entry
@@ -19,7 +24,6 @@
 
 #include "fst_config.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -27,7 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +41,7 @@
 #define BATCH_BYTES     (64ull << 20)
 #define MAP_INITIAL     (16ull << 20)
 #define MAP_ROUND       (1ull << 20)
+#define ALLOC_STEP      (64ull << 20)
 
 struct fst_writer {
     fst_write_mode mode;
@@ -50,6 +57,14 @@ struct fst_writer {
     uint64_t    gen;                /* generation of this write */
     size_t      maxkey;
     uint64_t    psize, mapsize;
+    uint64_t    alloc_end;          /* CREATE: file blocks reserved below */
+    bool        prealloc;           /* CREATE: fallocate(2) works here */
+    char       *batch_lo, *batch_hi;   /* CREATE: the batch's records */
+    char       *map;                /* CREATE: LMDB's map, NULL if unknown */
+    bool        no_stage;           /* CREATE: test hook, never pwrite */
+    int         fd;                 /* CREATE: the file, for pwrite */
+    void       *stage;              /* CREATE: one record, encoded */
+    size_t      stagecap;
     uint64_t    used_pages;         /* as of the last commit */
     uint64_t    batch_pages, batch_bytes;
     unsigned    batch_records;
@@ -78,71 +93,23 @@ static char *concat(const char *a, const char *b)
     return s;
 }
 
-/* Directory and base name of path, without modifying it. */
-static void split_path(const char *path, char *dir, size_t dcap,
-                       const char **base)
+/* Truncate the file to `size` bytes and fsync it: data and size. */
+static fst_status trim_and_sync(const char *file, uint64_t size)
 {
-    const char *slash = strrchr(path, '/');
-    if (!slash) {
-        snprintf(dir, dcap, ".");
-        *base = path;
-    } else if (slash == path) {
-        snprintf(dir, dcap, "/");
-        *base = slash + 1;
-    } else {
-        snprintf(dir, dcap, "%.*s", (int)(slash - path), path);
-        *base = slash + 1;
-    }
-}
-
-/* Remove `<path>.tmp-<pid>` and `<path>.tmp-<pid>-lock` left by dead
- * processes (kill -9, power loss), so that running the import again just
- * works. Our own pid's leftovers are stale too: we are about to create it. */
-static void remove_stale_tmps(const char *path)
-{
-    char dir[4096];
-    const char *base;
-    split_path(path, dir, sizeof dir, &base);
-    size_t bl = strlen(base);
-    DIR *dp = opendir(dir);
-    if (!dp)
-        return;
-    struct dirent *e;
-    while ((e = readdir(dp)) != NULL) {
-        const char *nm = e->d_name;
-        if (strncmp(nm, base, bl) != 0 || strncmp(nm + bl, ".tmp-", 5) != 0)
-            continue;
-        char *end;
-        errno = 0;
-        long pid = strtol(nm + bl + 5, &end, 10);
-        if (errno || end == nm + bl + 5 || pid <= 0 ||
-            (*end && strcmp(end, "-lock") != 0))
-            continue;
-        bool dead = (pid_t)pid == getpid() ||
-                    (kill((pid_t)pid, 0) != 0 && errno == ESRCH);
-        if (!dead)
-            continue;
-        char full[8192];
-        snprintf(full, sizeof full, "%s/%s", dir, nm);
-        unlink(full);
-    }
-    closedir(dp);
-}
-
-static fst_status sync_dir(const char *path)
-{
-    char dir[4096];
-    const char *base;
-    split_path(path, dir, sizeof dir, &base);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = open(file, O_RDWR | O_CLOEXEC);
     if (fd < 0)
-        return fst__fail(FST_EIO, "%s: %s", dir, strerror(errno));
-    int rc = fsync(fd);
+        return fst__fail(FST_EIO, "%s: %s", file, strerror(errno));
+    const char *what = "truncating";
+    int rc = ftruncate(fd, (off_t)size);
+    if (rc == 0) {
+        what = "fsync";
+        rc = fsync(fd);
+    }
     int e = errno;
     close(fd);
     if (rc != 0)
-        return fst__fail(e == ENOSPC ? FST_EFULL : FST_EIO, "%s: fsync: %s",
-                         dir, strerror(e));
+        return fst__fail(e == ENOSPC || e == EDQUOT ? FST_EFULL : FST_EIO,
+                         "%s: %s: %s", file, what, strerror(e));
     return FST_OK;
 }
 
@@ -157,6 +124,59 @@ static int rename_noreplace(const char *from, const char *to)
         return -1;
     unlink(from);
     return 0;
+}
+
+/* What CREATE writes through its shared map (MDB_WRITEMAP: LMDB's own
+ * pages, and whole records where put_staged() cannot be used) stays
+ * mapped, and counts in the writer's RSS, until unmapped, which would make
+ * its memory the size of the store. Dropping the mapping of a
+ * record once it is encoded keeps the data (the pages stay in the page
+ * cache; dirty ones are written back as usual, fsync included) and keeps
+ * the writer's memory a record. `keep_first` keeps the first page mapped:
+ * it holds the overflow page header, which LMDB rewrites at commit, and a
+ * fault there would map the cached pages around it too (fault-around);
+ * commit() drops the batch's first pages after LMDB is done with them. */
+static void drop_mapping(const void *data, size_t size, bool keep_first)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)data / pg * pg;
+    uintptr_t hi = ((uintptr_t)data + size + pg - 1) / pg * pg;
+    if (keep_first)
+        lo += pg;
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);   /* advice: may fail */
+}
+
+/* Where LMDB mapped the file (it does not say: me_mapaddr is only set for
+ * MDB_FIXEDMAP): this process's mapping of the file's inode with the map's
+ * size, from /proc/self/maps. NULL if not found: then records are encoded
+ * through the map, the slower way (see put_staged()). */
+static void find_map(fst_writer *w)
+{
+    w->map = NULL;
+    if (w->no_stage)
+        return;
+    int fd;
+    struct stat sb;
+    if (mdb_env_get_fd(w->env, &fd) != MDB_SUCCESS || fstat(fd, &sb) != 0)
+        return;
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return;
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, off, ino;
+        unsigned maj, min;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &lo, &hi, perms, &off,
+                   &maj, &min, &ino) == 7 &&
+            ino == (unsigned long)sb.st_ino && makedev(maj, min) == sb.st_dev &&
+            off == 0 && hi - lo == w->mapsize) {
+            w->map = (char *)lo;
+            break;
+        }
+    }
+    fclose(f);
 }
 
 static fst_status begin_txn(fst_writer *w)
@@ -194,10 +214,55 @@ static fst_status commit(fst_writer *w, bool again)
                                                                   : w->path));
     w->batch_pages = w->batch_bytes = 0;
     w->batch_records = 0;
+    if (w->batch_hi)                /* their first pages, still mapped */
+        drop_mapping(w->batch_lo, (size_t)(w->batch_hi - w->batch_lo),
+                     false);
+    w->batch_lo = w->batch_hi = NULL;
     fst_status s = refresh_used(w);
     if (s == FST_OK && again)
         s = begin_txn(w);
     return s;
+}
+
+/* CREATE writes through the map into a sparse file (LMDB sized it to the
+ * map with ftruncate): a page written where the file system has no block
+ * left cannot fail like a write(2) does, the process gets SIGBUS. So the
+ * blocks are reserved with fallocate(2) before LMDB can touch the pages:
+ * up to `pages` (ensure_room()'s pessimistic bound on what the next record
+ * and its B-tree pages may use), ahead by up to ALLOC_STEP so that the
+ * calls are rare. What is reserved past the data goes at finish (trim). A
+ * file system without fallocate is written as before, unprotected. */
+static fst_status reserve_blocks(fst_writer *w, uint64_t pages)
+{
+    uint64_t end = pages * w->psize;
+    if (!w->prealloc || end <= w->alloc_end)
+        return FST_OK;
+    uint64_t step = w->alloc_end < ALLOC_STEP ? w->alloc_end : ALLOC_STEP;
+    if (end < w->alloc_end + step)
+        end = w->alloc_end + step;
+    if (end > w->mapsize)
+        end = w->mapsize;
+    if (end <= w->alloc_end)
+        return FST_OK;
+    int fd;
+    int rc = mdb_env_get_fd(w->env, &fd);
+    if (rc)
+        return fail(w, fst__from_mdb(rc, "%s", w->tmp));
+    if (fallocate(fd, 0, (off_t)w->alloc_end,
+                  (off_t)(end - w->alloc_end)) != 0) {
+        int e = errno;
+        if (e == EOPNOTSUPP || e == ENOSYS) {
+            w->prealloc = false;
+            return FST_OK;
+        }
+        return fail(w, fst__fail(e == ENOSPC || e == EDQUOT ? FST_EFULL
+                                                            : FST_EIO,
+                                 "%s: reserving disk space (%llu bytes): %s",
+                                 w->tmp, (unsigned long long)end,
+                                 strerror(e)));
+    }
+    w->alloc_end = end;
+    return FST_OK;
 }
 
 /* Make sure a record of `bytes` fits in the map. The map can only grow
@@ -210,7 +275,7 @@ static fst_status ensure_room(fst_writer *w, uint64_t bytes)
     uint64_t need = w->used_pages + w->batch_pages + w->batch_records + rec +
                     256;
     if (need * w->psize <= w->mapsize)
-        return FST_OK;
+        return reserve_blocks(w, need);
     fst_status s = commit(w, false);
     if (s)
         return s;
@@ -226,7 +291,11 @@ static fst_status ensure_room(fst_writer *w, uint64_t bytes)
         return fail(w, fst__from_mdb(rc, "%s: growing the map to %llu bytes",
                                      w->path, (unsigned long long)size));
     w->mapsize = size;
-    return begin_txn(w);
+    find_map(w);                        /* it may have moved */
+    FST_TRY(reserve_blocks(w, w->used_pages + 2 * rec + 256));
+    FST_TRY(begin_txn(w));
+out:
+    return s;
 }
 
 static fst_status env_open(fst_writer *w, const char *file, unsigned flags,
@@ -312,6 +381,7 @@ static void writer_free(fst_writer *w)
     free(w->path);
     free(w->tmp);
     free(w->tmplock);
+    free(w->stage);
     free(w);
 }
 
@@ -323,7 +393,10 @@ static fst_status open_create(fst_writer *w)
                          "remove it first)", w->path);
     if (errno != ENOENT)
         return fst__fail(FST_EIO, "%s: %s", w->path, strerror(errno));
-    remove_stale_tmps(w->path);
+    /* `<path>.tmp-<pid>` and its `-lock` left by dead processes (kill -9,
+     * power loss), so that running the import again just works; our own
+     * pid's are stale too: we are about to create them. */
+    fst__remove_stale(w->path, ".tmp-", (const char *const[]){"", "-lock", NULL}, true);
     char suffix[32];
     snprintf(suffix, sizeof suffix, ".tmp-%ld", (long)getpid());
     w->tmp = concat(w->path, suffix);
@@ -331,10 +404,22 @@ static fst_status open_create(fst_writer *w)
     if (!w->tmplock)
         return fst__fail(FST_ENOMEM, "%s", w->path);
     /* No fsync per batch: until the final sync and rename nobody can take
-     * the temporary file for a store. */
-    fst_status s = env_open(w, w->tmp, MDB_NOSYNC, MAP_INITIAL);
+     * the temporary file for a store. MDB_WRITEMAP: LMDB's dirty pages are
+     * the file's page-cache pages, so a record is not first copied into
+     * malloc'd pages (fresh memory every batch) and then pwritten by the
+     * commit: put_staged() writes it once, where MDB_RESERVE placed it.
+     * LMDB sizes the file to the map; finish trims it to the pages in use.
+     * MDB_NORDAHEAD (MADV_RANDOM): a fault on the file's holes would else
+     * read ahead, i.e. zero-fill large page-cache folios that LMDB's next
+     * B-tree reads map whole: tens of MB of RSS at each map growth. */
+    fst_status s = env_open(w, w->tmp, MDB_NOSYNC | MDB_WRITEMAP |
+                            MDB_NORDAHEAD, MAP_INITIAL);
     if (s)
         return s;
+    w->prealloc = true;             /* the tables' first pages, below */
+    find_map(w);
+    FST_TRY(fst__from_mdb(mdb_env_get_fd(w->env, &w->fd), "%s", w->tmp));
+    FST_TRY(reserve_blocks(w, w->used_pages + 256));
     FST_TRY(begin_txn(w));
     FST_TRY(fst__from_mdb(mdb_dbi_open(w->txn, FST_DB_IMAGES, MDB_CREATE,
                                        &w->images), "%s", w->tmp));
@@ -416,12 +501,53 @@ fst_status fst_writer_open(const char *path, fst_write_mode mode,
     return FST_OK;
 }
 
+/* CREATE: encode the record into a staging buffer that stays in cache and
+ * pwrite it into the file where LMDB reserved it (dst, in the map; the map
+ * and the file share the page cache). A page written through the map is
+ * first allocated, zero-filled and "read" from the hole by a page fault,
+ * one per page; pwrite of whole pages skips all that. Only the overflow
+ * page header, which LMDB wrote through the map, shares a page with it. */
+static fst_status put_staged(fst_writer *w, const fst_image *img, char *dst,
+                             size_t size)
+{
+    fst_status s;
+    if (dst < w->map || size > w->mapsize ||
+        (size_t)(dst - w->map) > w->mapsize - size)     /* cannot happen */
+        return fst__record_encode_checked(img, w->gen, dst, size);
+    if (size > w->stagecap) {
+        void *p = realloc(w->stage, size);
+        if (!p)
+            return fst__fail(FST_ENOMEM, "%s: image '%s'", w->tmp, img->name);
+        w->stage = p;
+        w->stagecap = size;
+    }
+    FST_TRY(fst__record_encode_checked(img, w->gen, w->stage, size));
+    off_t off = (off_t)(dst - w->map);
+    const char *p = w->stage;
+    while (size) {
+        ssize_t n = pwrite(w->fd, p, size, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            return fst__fail(e == ENOSPC || e == EDQUOT ? FST_EFULL : FST_EIO,
+                             "%s: writing image '%s': %s", w->tmp, img->name,
+                             strerror(e));
+        }
+        p += n;
+        off += n;
+        size -= (size_t)n;
+    }
+out:
+    return s;
+}
+
 fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added)
 {
     if (w->failed)
         return fst__fail(FST_EINVAL, "%s: the writer failed earlier; only "
                          "abort is left", w->path);
-    fst_status s = fst__image_check(img);
+    fst_status s = fst__image_check_shape(img);
     if (s)
         return fail(w, s);
     char b[FST__NAME_MSG];
@@ -447,6 +573,8 @@ fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added)
     int rc = mdb_get(w->txn, w->images, &k, &v);
     if (rc == MDB_SUCCESS) {
         fst_view old;
+        if ((s = fst__image_check(img)))    /* NaN/Inf still comes first */
+            return fail(w, s);
         s = fst__record_decode(v.mv_data, v.mv_size, k.mv_data, k.mv_size,
                                FST__DEC_CHECKSUM, &old, NULL);
         if (s)
@@ -467,12 +595,27 @@ fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added)
     FST_TRY(ensure_room(w, size));
     v.mv_size = size;
     v.mv_data = NULL;
-    /* MDB_RESERVE: encode straight into LMDB's page, no staging copy. */
+    /* MDB_RESERVE: LMDB only places the record. APPEND encodes it straight
+     * into LMDB's (malloc'd) page; CREATE pwrites it there. */
     rc = mdb_put(w->txn, w->images, &k, &v, MDB_RESERVE | MDB_NOOVERWRITE);
     if (rc)
         return fail(w, fst__from_mdb(rc, "%s: writing image '%s'",
                                      w->tmp ? w->tmp : w->path, nm));
-    FST_TRY(fst__record_encode(img, w->gen, v.mv_data, size));
+    /* The NaN/Inf check is fused with the copy; on failure the half-made
+     * record dies with the transaction (the writer only aborts now). */
+    if (w->mode == FST_WRITE_CREATE && w->map)
+        FST_TRY(put_staged(w, img, v.mv_data, size));
+    else
+        FST_TRY(fst__record_encode_checked(img, w->gen, v.mv_data, size));
+    if (w->mode == FST_WRITE_CREATE) {
+        char *lo = v.mv_data, *hi = lo + size;
+        if (!w->map)
+            drop_mapping(lo, size, true);
+        if (!w->batch_hi || lo < w->batch_lo)
+            w->batch_lo = lo;
+        if (hi > w->batch_hi)
+            w->batch_hi = hi;
+    }
     if (w->mode == FST_WRITE_APPEND) {
         unsigned char g[8];
         for (int i = 0; i < 8; i++)
@@ -557,10 +700,12 @@ fst_status fst_writer_finish(fst_writer *w, const fst_source *src)
         writer_free(w);
         return FST_OK;
     }
-    int rc = mdb_env_sync(w->env, 1);
-    FST_TRY(fst__from_mdb(rc, "%s: fsync", w->tmp));
+    /* The batches were committed without fsync (MDB_NOSYNC): one fsync
+     * now, after trimming the file to the pages in use (MDB_WRITEMAP sized
+     * it to the map). */
     mdb_env_close(w->env);
     w->env = NULL;
+    FST_TRY(trim_and_sync(w->tmp, w->used_pages * w->psize));
     if (rename_noreplace(w->tmp, w->path) != 0) {
         s = fst__fail(errno == EEXIST ? FST_EEXIST : FST_EIO,
                       "%s: renaming %s into place: %s", w->path, w->tmp,
@@ -568,7 +713,7 @@ fst_status fst_writer_finish(fst_writer *w, const fst_source *src)
         goto out;
     }
     unlink(w->tmplock);
-    s = sync_dir(w->path);
+    s = fst__fsync_parent(w->path);
     free(w->tmp);                   /* the store is in place: keep it */
     w->tmp = NULL;
 out:
@@ -614,6 +759,12 @@ void fst__writer_set_batch(fst_writer *w, unsigned records, uint64_t bytes)
 }
 
 const char *fst__writer_tmp_path(const fst_writer *w) { return w->tmp; }
+
+void fst__writer_through_map(fst_writer *w)
+{
+    w->map = NULL;
+    w->no_stage = true;
+}
 
 fst_status fst__store_put_raw(const char *path, const char *table,
                               const char *name, const void *bytes, size_t len)

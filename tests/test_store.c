@@ -1255,6 +1255,175 @@ FST_TEST(put_refuses_nan)
     ASSERT_TRUE(!exists(p));
 }
 
+/* The writer checks NaN/Inf while it copies (fst__record_encode_checked):
+ * the same bytes as fst__record_encode() for clean images, whatever the
+ * shape (descriptor blocks spanning many copy chunks included), and a
+ * refusal naming the element for a bad value at any position. */
+FST_TEST(encode_checked_same_bytes_and_refuses_nan)
+{
+    static const struct { uint32_t n, d; fst_dtype dt; bool sc; } c[] = {
+        {0, 0, FST_DTYPE_F16, false}, {0, 8, FST_DTYPE_F32, true},
+        {1, 1, FST_DTYPE_F32, true},  {3, 7, FST_DTYPE_F16, false},
+        {100, 128, FST_DTYPE_F32, true}, {2048, 256, FST_DTYPE_F16, true},
+        {4097, 33, FST_DTYPE_F32, false},
+    };
+    for (size_t k = 0; k < sizeof c / sizeof c[0]; k++) {
+        timg t;
+        timg_make(&t, "enc/checked", c[k].n, c[k].d, c[k].dt, c[k].sc,
+                  (uint32_t)k + 3);
+        size_t len = fst__record_size(&t.img, NULL);
+        unsigned char *a = malloc(len), *b = malloc(len);
+        memset(a, 0xa5, len);
+        memset(b, 0x5a, len);              /* every byte must be written */
+        ASSERT_OK(fst__record_encode(&t.img, 9, a, len));
+        ASSERT_OK(fst__record_encode_checked(&t.img, 9, b, len));
+        ASSERT_MEMEQ(a, b, len);
+        fst_view v;
+        ASSERT_OK(fst__record_decode(b, len, "enc/checked", 11,
+                                     FST__DEC_CHECKSUM, &v, NULL));
+        size_t nd = (size_t)c[k].n * c[k].d;
+        if (nd) {
+            /* the last descriptor element: the end of the last chunk */
+            size_t at = nd - 1;
+            if (c[k].dt == FST_DTYPE_F32)
+                ((float *)t.desc)[at] = -INFINITY;
+            else
+                ((uint16_t *)t.desc)[at] = 0xfc00;     /* float16 -Inf */
+            ASSERT_STATUS(fst__record_encode_checked(&t.img, 9, b, len),
+                          FST_EINVAL);
+            ASSERT_CONTAINS(fst_errdetail(), "enc/checked");
+            ASSERT_CONTAINS(fst_errdetail(), "Inf");
+            char want[64];
+            snprintf(want, sizeof want, "descriptors[%zu][%zu]",
+                     at / c[k].d, at % c[k].d);
+            ASSERT_CONTAINS(fst_errdetail(), want);
+            ASSERT_OK(fst__record_encode(&t.img, 9, a, len)); /* unchecked */
+            if (c[k].dt == FST_DTYPE_F32)
+                ((float *)t.desc)[at] = 0.0f;
+            else
+                ((uint16_t *)t.desc)[at] = 0;
+            t.kp[2 * c[k].n - 1] = NAN;
+            ASSERT_STATUS(fst__record_encode_checked(&t.img, 9, b, len),
+                          FST_EINVAL);
+            ASSERT_CONTAINS(fst_errdetail(), "is NaN");
+            t.kp[2 * c[k].n - 1] = 1.0f;
+            if (c[k].sc) {
+                t.sc[0] = INFINITY;
+                ASSERT_STATUS(fst__record_encode_checked(&t.img, 9, b, len),
+                              FST_EINVAL);
+                ASSERT_CONTAINS(fst_errdetail(), "scores[0] is Inf");
+                t.sc[0] = 0.5f;
+            }
+            ASSERT_OK(fst__record_encode_checked(&t.img, 9, b, len));
+        }
+        free(a);
+        free(b);
+        timg_free(&t);
+    }
+}
+
+/* A NaN found while copying fails the writer like any bad image: a CREATE
+ * leaves no file, an APPEND leaves the store as it was, even after batches
+ * of the append were committed. */
+FST_TEST(put_nan_after_batches_leaves_store)
+{
+    const char *p = tpath("nan_late.fst");
+    fst_writer *w;
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_CREATE, &w));
+    fst__writer_set_batch(w, 3, 1 << 20);
+    for (unsigned i = 0; i < 10; i++) {
+        timg t;
+        std_image(&t, i, 64, FST_DTYPE_F16);
+        ASSERT_OK(fst_writer_put(w, &t.img, NULL));
+        timg_free(&t);
+    }
+    timg t;
+    timg_make(&t, "zz/late_nan", 3000, 64, FST_DTYPE_F16, true, 5);
+    ((uint16_t *)t.desc)[2999 * 64 + 63] = 0x7e00;
+    ASSERT_STATUS(fst_writer_put(w, &t.img, NULL), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "descriptors[2999][63]");
+    ASSERT_STATUS(fst_writer_finish(w, NULL), FST_EINVAL);
+    ASSERT_TRUE(!exists(p));
+
+    make_store(p, 4, 64, FST_DTYPE_F16);
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    fst__writer_set_batch(w, 2, 1 << 20);
+    for (unsigned i = 100; i < 107; i++) {
+        timg u;
+        std_image(&u, i, 64, FST_DTYPE_F16);
+        ASSERT_OK(fst_writer_put(w, &u.img, NULL));
+        timg_free(&u);
+    }
+    ASSERT_STATUS(fst_writer_put(w, &t.img, NULL), FST_EINVAL);
+    fst_writer_abort(w);
+    assert_verify_clean(p, 4);
+    /* a name already in the store: NaN is still what is reported */
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    timg u;
+    std_image(&u, 2, 64, FST_DTYPE_F16);
+    if (u.img.n) {
+        u.kp[0] = NAN;
+        ASSERT_STATUS(fst_writer_put(w, &u.img, NULL), FST_EINVAL);
+        ASSERT_CONTAINS(fst_errdetail(), "keypoints[0][0] is NaN");
+    }
+    fst_writer_abort(w);
+    timg_free(&u);
+    timg_free(&t);
+    assert_verify_clean(p, 4);
+}
+
+static long rss_file_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "RssFile:", 8))
+            kb = atol(line + 8);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* CREATE uses a shared map (MDB_WRITEMAP); the pages it wrote must not
+ * stay mapped, or the writer's memory grows with the store. 96 MB of 1 MB
+ * records in one batch: the mapped file pages stay far below, whether the
+ * records are pwritten (the default) or encoded through the map. */
+static void create_memory_case(bool through_map)
+{
+    const char *p = tpath("rss.fst");
+    fst_writer *w;
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_CREATE, &w));
+    fst__writer_set_batch(w, 1000, 1ull << 30);
+    if (through_map)
+        fst__writer_through_map(w);
+    timg t;
+    timg_make(&t, "rss/img", 4096, 128, FST_DTYPE_F16, true, 1);
+    long base = rss_file_kb(), peak = base;
+    ASSERT_GE(base, 0);
+    for (unsigned i = 0; i < 96; i++) {
+        snprintf(t.name, sizeof t.name, "rss/img%03u", i);
+        ((uint16_t *)t.desc)[i] ^= 1;
+        ASSERT_OK(fst_writer_put(w, &t.img, NULL));
+        long kb = rss_file_kb();
+        if (kb > peak)
+            peak = kb;
+    }
+    ASSERT_OK(fst_writer_finish(w, NULL));
+    timg_free(&t);
+    printf("# mapped file pages while writing 96 MB%s: %ld kB over %ld kB\n",
+           through_map ? " through the map" : "", peak - base, base);
+    ASSERT_LT(peak - base, 16 * 1024);
+    assert_verify_clean(p, 96);
+    unlink(p);
+}
+
+FST_TEST(create_memory_stays_bounded)
+{
+    create_memory_case(false);
+    create_memory_case(true);
+}
+
 FST_TEST(reader_snapshot_survives_concurrent_append)
 {
     const char *p = tpath("snapshot.fst");

@@ -9,10 +9,13 @@ run 0 "$FEATSTORE" synth "$T/f.h5" --images "$IMAGES" --keypoints 1024 --dim 128
 run 0 "$FEATSTORE" synth "$T/g.h5" --images "$IMAGES" --keypoints 1024 --dim 128 \
     --prefix more/img -q
 
-# kill_midway SRC STORE [ARGS...] : start the import and kill -9 it as soon
-# as it has written its first batch (64 MB) -- to its temporary file when
-# creating, into the store when appending. Returns 0 if the process died by
-# the signal, 1 if it had already finished.
+# kill_midway SRC STORE [ARGS...] : start the import and kill -9 it once its
+# file has grown by 32 MB -- the temporary file when creating (written
+# through LMDB's map, which sizes the file to the map: it runs ahead of the
+# data, so the kill may come before the first committed batch; the C test
+# kill9_during_create kills after several), the store when appending (its
+# first batch of 64 MB being written). Returns 0 if the process died by the
+# signal, 1 if it had already finished.
 kill_midway() {
     local src=$1 dest=$2; shift 2
     local before=0
