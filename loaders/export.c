@@ -121,11 +121,9 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-fst_status fst_export_h5(fst_store *st, const char *dest,
-                         fst_progress_cb *progress, void *progress_ctx)
+static fst_status export_direct(fst_store *st, const char *dest,
+                               fst_progress_cb *progress, void *progress_ctx)
 {
-    if (!st || !dest)
-        return fst__fail(FST_EINVAL, "fst_export_h5: NULL argument");
     fst__h5_quiet q;
     fst__h5_quiet_begin(&q);
     fst_status s;
@@ -180,5 +178,41 @@ out:
     fst__h5_quiet_end(&q);
     free(ex.desc);
     free(ex.h16);
+    return s;
+}
+
+typedef struct export_job {
+    const char      *store_path, *dest;
+    fst_progress_cb *progress;
+    void            *progress_ctx;
+} export_job;
+
+/* In the child: its own store handle (LMDB's does not survive fork). */
+static fst_status export_child(void *ctx)
+{
+    const export_job *j = ctx;
+    fst_store *st = NULL;
+    /* checksums on: an export must not pass corruption on silently */
+    fst_status s = fst_store_open(j->store_path, FST_OPEN_CHECKSUMS, &st);
+    if (s == FST_OK)
+        s = export_direct(st, j->dest, j->progress, j->progress_ctx);
+    fst_store_close(st);
+    return s;
+}
+
+fst_status fst_export_h5(fst_store *st, const char *dest,
+                         fst_progress_cb *progress, void *progress_ctx)
+{
+    if (!st || !dest)
+        return fst__fail(FST_EINVAL, "fst_export_h5: NULL argument");
+    /* HDF5 1.10 crashes in its exit handler after a failed H5Fclose (a
+     * full disk at close): write in a child process that ends with _exit,
+     * so a failed export is a clean error in this one. */
+    export_job j = {fst_store_path(st), dest, progress, progress_ctx};
+    char what[64 + 4096];
+    snprintf(what, sizeof what, "exporting to %s", dest);
+    fst_status s = fst__in_child(export_child, &j, what);
+    /* the temporary file of a child that died before removing it */
+    fst__remove_stale(dest, ".tmp-", (const char *const[]){"", NULL}, false);
     return s;
 }

@@ -74,7 +74,10 @@ fst_status fst_import_h5(const char *src, const char *dest,
  * time; through `<dest>.tmp-<pid>`, fsync, then rename. Refuses an existing
  * `dest`. import -> export gives back every dataset and attribute bit for
  * bit, except datasets the import did not keep and descriptors converted
- * with --dtype. Not thread-safe (HDF5 is not).
+ * with --dtype. Not thread-safe (HDF5 is not). The work runs in a forked
+ * child process (HDF5 1.10 cannot exit cleanly after a failed close), which
+ * opens the store again by fst_store_path(st), with checksums verified;
+ * `progress` is called there.
  * @return FST_OK; FST_EEXIST; FST_EIO; FST_EFULL; FST_ECORRUPT (a record
  *         fails its checks); FST_EINTR; FST_ENOMEM. */
 fst_status fst_export_h5(fst_store *st, const char *dest,

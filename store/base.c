@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static _Thread_local char detail[1024];
@@ -219,4 +220,49 @@ void fst__remove_stale(const char *path, const char *infix,
             unlink(full);
     }
     closedir(dp);
+}
+
+fst_status fst__in_child(fst_status (*fn)(void *ctx), void *ctx,
+                         const char *what)
+{
+    struct { int32_t status; char detail[sizeof detail]; } res;
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) != 0)
+        return fst__fail(FST_EIO, "%s: pipe: %s", what, strerror(errno));
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(pfd[0]);
+        close(pfd[1]);
+        return fst__fail(FST_ENOMEM, "%s: fork: %s", what, strerror(e));
+    }
+    if (pid == 0) {
+        close(pfd[0]);
+        memset(&res, 0, sizeof res);
+        res.status = fn(ctx);
+        if (res.status != FST_OK)
+            snprintf(res.detail, sizeof res.detail, "%s", detail);
+        fflush(stdout);
+        fflush(stderr);
+        _exit(write(pfd[1], &res, sizeof res) == (ssize_t)sizeof res ? 0 : 3);
+    }
+    close(pfd[1]);
+    ssize_t n;
+    while ((n = read(pfd[0], &res, sizeof res)) < 0 && errno == EINTR) {}
+    close(pfd[0]);
+    int ws = 0;
+    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {}
+    if (n != (ssize_t)sizeof res) {
+        if (WIFSIGNALED(ws))
+            return fst__fail(FST_EIO, "%s: the process doing it died of "
+                             "signal %d (%s)", what, WTERMSIG(ws),
+                             strsignal(WTERMSIG(ws)));
+        return fst__fail(FST_EIO, "%s: the process doing it exited %d "
+                         "without a result", what, WEXITSTATUS(ws));
+    }
+    if (res.status != FST_OK)
+        return fst__fail((fst_status)res.status, "%s", res.detail);
+    return FST_OK;
 }

@@ -57,6 +57,17 @@ fst_status fst__fsync_parent(const char *path);
 void fst__remove_stale(const char *path, const char *infix,
                        const char *const *rests, bool own_is_stale);
 
+/* fst__in_child() :
+ * Run fn(ctx) in a forked child process and return its status, with its
+ * detail message as this thread's. For work after whose failure a
+ * third-party library cannot exit cleanly (HDF5 1.10 after a failed
+ * H5Fclose crashes or loops in its exit handler): the child ends with
+ * _exit(), so whatever is left dies with it. fn must not use handles that
+ * do not survive fork() (LMDB environments): it reopens by path. A child
+ * that dies of a signal gives FST_EIO naming `what` and the signal. */
+fst_status fst__in_child(fst_status (*fn)(void *ctx), void *ctx,
+                         const char *what);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,6 +13,7 @@
  */
 #include "fst_journal.h"
 #include "base_impl.h"
+#include "store_impl.h"  /* fst__lock_prealloc */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -148,6 +149,11 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
     FST_TRY(from_mdb(mdb_env_set_maxdbs(j->env, 4), path, "mdb_env_set_maxdbs"));
     FST_TRY(from_mdb(mdb_env_set_mapsize(j->env, MAP_SIZE), path, "mdb_env_set_mapsize"));
     unsigned envflags = MDB_NOSUBDIR | MDB_NOTLS | (j->rdonly ? MDB_RDONLY : 0);
+    if (!j->rdonly) {
+        unsigned maxreaders = 0;
+        mdb_env_get_maxreaders(j->env, &maxreaders);
+        FST_TRY(fst__lock_prealloc(path, maxreaders));
+    }
     rc = mdb_env_open(j->env, path, envflags, 0644);
     if (rc == EACCES || rc == EROFS || rc == ENOENT || rc == ENOTDIR) {
         s = fst__fail(FST_EIO, "%s: %s", path, strerror(rc));

@@ -139,6 +139,15 @@ void fst__writer_through_map(fst_writer *w);
  * in APPEND mode. Owned by w. */
 const char *fst__writer_tmp_path(const fst_writer *w);
 
+/* fst__lock_prealloc() :
+ * Create `<file>-lock` if it is absent and allocate its blocks for at
+ * least `maxreaders` reader slots, before mdb_env_open() maps it. LMDB
+ * writes its reader table through a shared mapping: on a full disk a store
+ * into a page without blocks is SIGBUS, not an error. A lock file this
+ * call created is removed again when allocation fails.
+ * @return FST_OK; FST_EFULL (no space: detail names the file); FST_EIO. */
+fst_status fst__lock_prealloc(const char *file, unsigned maxreaders);
+
 #ifdef __cplusplus
 }
 #endif

@@ -26,6 +26,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,6 +299,36 @@ out:
     return s;
 }
 
+fst_status fst__lock_prealloc(const char *file, unsigned maxreaders)
+{
+    char lock[PATH_MAX];
+    if (snprintf(lock, sizeof lock, "%s-lock", file) >= (int)sizeof lock)
+        return fst__fail(FST_EINVAL, "%s: path too long", file);
+    bool created = true;
+    int fd = open(lock, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == EEXIST) {
+        created = false;
+        fd = open(lock, O_RDWR | O_CLOEXEC);
+    }
+    if (fd < 0) {
+        if (errno == ENOENT || errno == EACCES || errno == EROFS)
+            return FST_OK;          /* LMDB reports it, with its own words */
+        return fst__fail(errno == ENOSPC ? FST_EFULL : FST_EIO, "%s: %s",
+                         lock, strerror(errno));
+    }
+    /* LMDB's table: two cache lines of header, one per reader slot; a
+     * larger file only gives more slots. */
+    off_t size = 4096 + (off_t)maxreaders * 64;
+    int rc = posix_fallocate(fd, 0, size);
+    close(fd);
+    if (rc == 0 || rc == EOPNOTSUPP || rc == EINVAL)
+        return FST_OK;              /* no fallocate here: LMDB as usual */
+    if (created)
+        unlink(lock);
+    return fst__fail(rc == ENOSPC || rc == EDQUOT ? FST_EFULL : FST_EIO,
+                     "%s: allocating the lock file: %s", lock, strerror(rc));
+}
+
 static fst_status env_open(fst_writer *w, const char *file, unsigned flags,
                            uint64_t mapsize)
 {
@@ -310,6 +341,7 @@ static fst_status env_open(fst_writer *w, const char *file, unsigned flags,
     if (mapsize)
         FST_TRY(fst__from_mdb(mdb_env_set_mapsize(w->env, mapsize), "%s",
                               file));
+    FST_TRY(fst__lock_prealloc(file, FST__MAX_READERS));
     int rc = mdb_env_open(w->env, file, flags | MDB_NOSUBDIR, 0644);
     if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH)
         return fst__fail(FST_EFORMAT, "%s: not a featstore store (%s)", file,

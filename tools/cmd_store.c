@@ -149,6 +149,9 @@ int fst_cmd_export(int argc, char **argv)
     fst_store *st = NULL;
     /* Verify checksums: an export must not pass corruption on silently. */
     fst_status s = fst_store_open(path, FST_OPEN_CHECKSUMS, &st);
+    fst_store_meta meta;
+    if (s == FST_OK && (s = fst_store_meta_get(st, &meta)) != FST_OK)
+        fst_store_close(st);
     if (s)
         return failed(cmd, s);
     fst__bar bar;
@@ -161,8 +164,10 @@ int fst_cmd_export(int argc, char **argv)
         return failed(cmd, s);
     if (!quiet) {
         char h[FST__HUMAN_LEN];
-        printf("exported %s -> %s: %" PRIu64 " images, %s in %.2f s\n", path, dest, bar.done,
-               fst__human_bytes(bar.bytes, h), fst__bar_elapsed(&bar));
+        /* the export ran in a child process: its counts are the store's */
+        printf("exported %s -> %s: %" PRIu64 " images, %s in %.2f s\n", path, dest,
+               meta.n_images, fst__human_bytes(meta.payload_bytes, h),
+               fst__bar_elapsed(&bar));
     }
     return 0;
 }
