@@ -4,6 +4,8 @@
 #   tools/setup.sh example   install what is missing, build, run the example
 #   tools/setup.sh test      install what is missing, build with ASan+UBSan,
 #                            run every test, end with "N passed, N failed"
+#   tools/setup.sh test --fuzz   the same, then fuzz every libFuzzer target
+#                            for FST_FUZZ_SECONDS (60) in a clang build
 #   tools/setup.sh build     install what is missing and build (release)
 #   tools/setup.sh bench     build and run the CPU benchmarks
 #
@@ -14,7 +16,7 @@ ROOT=$PWD
 
 PKGS=(meson ninja-build pkg-config gcc libc6-dev libhdf5-dev liblmdb-dev
       libxxhash-dev libopenblas-dev libopenblas0-pthread python3 python3-numpy
-      python3-h5py)
+      python3-h5py util-linux valgrind)
 
 install_missing() {
     local missing=() p
@@ -77,15 +79,28 @@ example)
     /usr/bin/python3 tools/example_recall.py "$EX/matches.h5" "$EX/truth.txt"
     ;;
 test)
+    shift
+    fuzz=0
+    if [ "${1:-}" = "--fuzz" ]; then fuzz=1; shift; fi
     install_missing
-    # Sanitized build: every test runs under ASan + UBSan.
+    # Sanitized build: every test runs under ASan + UBSan (+ LeakSanitizer).
     configure build-test -Dbuildtype=debugoptimized \
         -Db_sanitize=address,undefined -Db_lundef=false
     ninja -C build-test >&2
     rc=0
+    logs=(build-test/meson-logs/testlog.json)
     meson test -C build-test --no-suite slow --print-errorlogs \
-        --num-processes "$(nproc)" "${@:2}" || rc=$?
-    /usr/bin/python3 tools/test_summary.py build-test/meson-logs/testlog.json
+        --num-processes "$(nproc)" "$@" || rc=$?
+    if [ $fuzz -eq 1 ]; then
+        # libFuzzer targets (clang), each fuzzed for FST_FUZZ_SECONDS (60).
+        install_missing clang libclang-rt-14-dev
+        CC=clang configure build-fuzz -Dfuzz=true -Dcuda=disabled \
+            -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false
+        ninja -C build-fuzz >&2
+        meson test -C build-fuzz --suite fuzz --print-errorlogs || rc=$?
+        logs+=(build-fuzz/meson-logs/testlog.json)
+    fi
+    /usr/bin/python3 tools/test_summary.py "${logs[@]}"
     exit $rc
     ;;
 bench)

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Count test results from meson's testlog.json, one per TAP test case.
+"""Count test results from meson's testlog.json files, one per TAP test case.
 
 A TAP program contributes each 'ok' / 'not ok' line; a program that died
 before printing its plan's worth of lines counts one more failure. Other
@@ -10,13 +10,12 @@ import re
 import sys
 
 passed = failed = skipped = 0
-with open(sys.argv[1]) as f:
-    for line in f:
+for path in sys.argv[1:]:
+    for line in open(path):
         t = json.loads(line)
         result = t.get('result', '')
         out = t.get('stdout') or ''
         plan = re.search(r'^1\.\.(\d+)\s*$', out, re.M)
-        oks = re.findall(r'^(ok|not ok) \d+[^\n]*$', out, re.M)
         if t.get('protocol', '') == 'tap' or plan:
             lines = re.findall(r'^(not ok|ok)\b([^\n]*)$', out, re.M)
             p = sum(1 for k, rest in lines if k == 'ok' and '# SKIP' not in rest)
