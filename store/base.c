@@ -256,10 +256,10 @@ fst_status fst__in_child(fst_status (*fn)(void *ctx), void *ctx,
     while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {}
     if (n != (ssize_t)sizeof res) {
         if (WIFSIGNALED(ws))
-            return fst__fail(FST_EIO, "%s: the process doing it died of "
+            return fst__fail(FST_ECHILD, "%s: the process doing it died of "
                              "signal %d (%s)", what, WTERMSIG(ws),
                              strsignal(WTERMSIG(ws)));
-        return fst__fail(FST_EIO, "%s: the process doing it exited %d "
+        return fst__fail(FST_ECHILD, "%s: the process doing it exited %d "
                          "without a result", what, WEXITSTATUS(ws));
     }
     if (res.status != FST_OK)

@@ -64,7 +64,8 @@ void fst__remove_stale(const char *path, const char *infix,
  * H5Fclose crashes or loops in its exit handler): the child ends with
  * _exit(), so whatever is left dies with it. fn must not use handles that
  * do not survive fork() (LMDB environments): it reopens by path. A child
- * that dies of a signal gives FST_EIO naming `what` and the signal. */
+ * that dies of a signal (or exits without a result) gives FST_ECHILD
+ * naming `what` and the signal. */
 fst_status fst__in_child(fst_status (*fn)(void *ctx), void *ctx,
                          const char *what);
 

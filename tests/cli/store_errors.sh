@@ -38,6 +38,13 @@ absent "$T/y.h5"
 head -c 100000 /dev/urandom >"$T/random.h5"
 run 1 "$FEATSTORE" import "$T/random.h5" "$T/x.fst"
 has "$T/err" "featstore import: unsupported or malformed input: $T/random.h5: not an HDF5 file"
+
+# A damaged file on which HDF5 1.10 itself crashes (found by fuzzing): an
+# error naming the file, never a crash of featstore, and no store.
+KNOWN="$FST_SRCDIR/tests/fuzz/known/h5import-hdf5-local-heap-segv.h5"
+run 1 "$FEATSTORE" import "$KNOWN" "$T/known.fst"
+has "$T/err" "featstore import: unsupported or malformed input: $KNOWN: damaged HDF5 file: reading its groups crashed the HDF5 library"
+absent "$T/known.fst"
 absent "$T/x.fst"
 run 1 "$FEATSTORE" import "$T/nosuch.h5" "$T/x.fst"
 has "$T/err" "$T/nosuch.h5: No such file or directory"
