@@ -3,15 +3,81 @@
 #include "backend_impl.h"
 #include "fst_config.h"
 
+#include <dlfcn.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#if FST_HAVE_CUDA
+/* The CUDA backend lives in a module (libfst_cuda.so) loaded on first use,
+ * so that a process that never opens it (the coordinator, CPU workers)
+ * never maps cuBLAS: ~105 MB of relocated data per process. A program that
+ * links the backend in (tests, the GPU benchmark) defines the symbol. */
+__attribute__((weak)) const fst_backend_ops *fst__cuda_backend(void);
+
+static char cuda_module_error[512];
+
+static const fst_backend_ops *cuda_from_module(void)
+{
+    static const fst_backend_ops *ops;
+    static bool tried;
+    if (tried)
+        return ops;
+    tried = true;
+    char exe[PATH_MAX], cand[3][PATH_MAX + 64];
+    int nc = 0;
+    const char *env = getenv("FST_CUDA_MODULE");
+    if (env && *env)
+        snprintf(cand[nc++], sizeof cand[0], "%s", env);
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            /* build tree: <build>/{tools,tests,benchmarks}/prog */
+            snprintf(cand[nc++], sizeof cand[0], "%s/../kernels/cuda/libfst_cuda.so", exe);
+        }
+    }
+    snprintf(cand[nc++], sizeof cand[0], "%s", FST_CUDA_MODULE_INSTALLED);
+    cuda_module_error[0] = '\0';
+    for (int i = 0; i < nc && !ops; i++) {
+        if (access(cand[i], F_OK) != 0)
+            continue;
+        void *h = dlopen(cand[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+            snprintf(cuda_module_error, sizeof cuda_module_error, "%.500s", dlerror());
+            continue;
+        }
+        const fst_backend_ops *(*entry)(void);
+        *(void **)&entry = dlsym(h, "fst__cuda_backend");
+        if (entry)
+            ops = entry();
+        else
+            snprintf(cuda_module_error, sizeof cuda_module_error,
+                     "%.400s: no fst__cuda_backend", cand[i]);
+    }
+    if (!ops && !cuda_module_error[0])
+        snprintf(cuda_module_error, sizeof cuda_module_error,
+                 "libfst_cuda.so not found (looked in %.200s%s%.200s; set "
+                 "FST_CUDA_MODULE)", nc > 1 ? cand[nc - 2] : "",
+                 nc > 1 ? " and " : "", cand[nc - 1]);
+    return ops;
+}
+
+static const fst_backend_ops *cuda_entry(void)
+{
+    return fst__cuda_backend ? fst__cuda_backend() : cuda_from_module();
+}
+#endif
 
 static const fst_backend_ops *(*const registry[])(void) = {
     fst__cpu_backend,
 #if FST_HAVE_CUDA
-    fst__cuda_backend,
+    cuda_entry,
 #endif
 };
 #define N_REGISTRY (sizeof registry / sizeof registry[0])
@@ -124,9 +190,15 @@ fst_status fst_backend_open(const char *name, const fst_match_opts *opts,
     const fst_backend_ops *ops = find_ops(name);
     if (!ops) {
         for (size_t i = 0; i < sizeof known_backends / sizeof *known_backends; i++)
-            if (strcmp(name, known_backends[i]) == 0)
+            if (strcmp(name, known_backends[i]) == 0) {
+#if FST_HAVE_CUDA
+                if (strcmp(name, "cuda") == 0 && cuda_module_error[0])
+                    return fst__fail(FST_ENODEVICE, "backend 'cuda': cannot "
+                                     "load its module: %s", cuda_module_error);
+#endif
                 return fst__fail(FST_ENODEVICE, "backend '%s' is not built "
                                  "into this binary", name);
+            }
         return fst__fail(FST_EINVAL, "unknown backend '%s'", name);
     }
     fst_backend *be = calloc(1, sizeof *be);
@@ -241,6 +313,12 @@ void fst_backend_close(fst_backend *be)
 
 bool fst_backend_available(const char *name)
 {
+#if FST_HAVE_CUDA
+    /* Built: its module is loaded by the process that opens it, not by
+     * one (a coordinator) that only asks. */
+    if (name && strcmp(name, "cuda") == 0)
+        return true;
+#endif
     return name && find_ops(name) != NULL;
 }
 

@@ -33,6 +33,8 @@ struct fst_backend {
 /* Registry entries (backend.c lists them). */
 const fst_backend_ops *fst__cpu_backend(void);
 #if defined(FST_HAVE_CUDA) && FST_HAVE_CUDA
+/* In kernels/cuda/ (libfst_cuda.so, or linked into a test); backend.c
+ * declares it weak and loads the module when it is not linked in. */
 const fst_backend_ops *fst__cuda_backend(void);
 #endif
 

@@ -129,7 +129,10 @@ void fst_backend_close(fst_backend *be);
 
 /* fst_backend_available() :
  * Whether backend `name` was built into this binary ("cpu" always is). Says
- * nothing about devices being present. */
+ * nothing about devices being present, and loads nothing: the "cuda"
+ * backend is a module (libfst_cuda.so, found beside the build tree's
+ * programs, in <libdir>/featstore, or at $FST_CUDA_MODULE) that only the
+ * process opening it loads, so CPU processes never map CUDA or cuBLAS. */
 bool fst_backend_available(const char *name);
 
 #ifdef __cplusplus

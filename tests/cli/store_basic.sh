@@ -70,4 +70,11 @@ for c in import export info verify synth; do
     run 0 "$FEATSTORE" "$c" --help
     has "$T/out" "usage: featstore $c"
 done
+# CPU processes never map CUDA: the backend is a module that only a GPU
+# worker loads (kernels/backend.c), not a library featstore links.
+if ldd "$FEATSTORE" | grep -qE 'libcublas|libcudart'; then
+    fail "$FEATSTORE links CUDA libraries: every process would map them"
+fi
+ok
+
 done_ok
