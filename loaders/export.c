@@ -188,8 +188,9 @@ typedef struct export_job {
 } export_job;
 
 /* In the child: its own store handle (LMDB's does not survive fork). */
-static fst_status export_child(void *ctx)
+static fst_status export_child(void *ctx, void *result)
 {
+    (void)result;
     const export_job *j = ctx;
     fst_store *st = NULL;
     /* checksums on: an export must not pass corruption on silently */
@@ -211,7 +212,7 @@ fst_status fst_export_h5(fst_store *st, const char *dest,
     export_job j = {fst_store_path(st), dest, progress, progress_ctx};
     char what[64 + 4096];
     snprintf(what, sizeof what, "exporting to %s", dest);
-    fst_status s = fst__in_child(export_child, &j, what);
+    fst_status s = fst__in_child(export_child, &j, NULL, 0, what);
     /* the temporary file of a child that died before removing it */
     fst__remove_stale(dest, ".tmp-", (const char *const[]){"", NULL}, false);
     return s;

@@ -545,8 +545,9 @@ static void learn_store(importer *im, const char *dest)
 /* The group walk alone, in a child process (fst__in_child): a damaged
  * file can make HDF5 1.10 itself crash while reading group metadata (a
  * local heap of a size read from the file; see tests/fuzz/known/). */
-static fst_status prewalk_child(void *ctx)
+static fst_status prewalk_child(void *ctx, void *result)
 {
+    (void)result;
     importer im = {.src = ctx, .file = H5I_INVALID_HID};
     fst__h5_quiet q;
     fst__h5_quiet_begin(&q);
@@ -578,7 +579,7 @@ fst_status fst_import_h5(const char *src, const char *dest,
     fst_import_stats st = {0};
     fst_source source = {.name = src};
 
-    s = fst__in_child(prewalk_child, (void *)src, "the group walk");
+    s = fst__in_child(prewalk_child, (void *)src, NULL, 0, "the group walk");
     if (s == FST_ECHILD)
         s = fst__failpre(FST_EFORMAT, "%s: damaged HDF5 file: reading its "
                          "groups crashed the HDF5 library: ", src);

@@ -222,8 +222,8 @@ void fst__remove_stale(const char *path, const char *infix,
     closedir(dp);
 }
 
-fst_status fst__in_child(fst_status (*fn)(void *ctx), void *ctx,
-                         const char *what)
+fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
+                         void *result, size_t result_len, const char *what)
 {
     struct { int32_t status; char detail[sizeof detail]; } res;
     int pfd[2];
@@ -241,20 +241,38 @@ fst_status fst__in_child(fst_status (*fn)(void *ctx), void *ctx,
     if (pid == 0) {
         close(pfd[0]);
         memset(&res, 0, sizeof res);
-        res.status = fn(ctx);
+        res.status = fn(ctx, result);
         if (res.status != FST_OK)
             snprintf(res.detail, sizeof res.detail, "%s", detail);
         fflush(stdout);
         fflush(stderr);
-        _exit(write(pfd[1], &res, sizeof res) == (ssize_t)sizeof res ? 0 : 3);
+        bool sent = write(pfd[1], &res, sizeof res) == (ssize_t)sizeof res &&
+                    (!result_len ||
+                     write(pfd[1], result, result_len) == (ssize_t)result_len);
+        _exit(sent ? 0 : 3);
     }
     close(pfd[1]);
-    ssize_t n;
+    ssize_t n, m = 0;
     while ((n = read(pfd[0], &res, sizeof res)) < 0 && errno == EINTR) {}
+    /* the payload goes to a scratch copy first: `result` stays untouched
+     * unless all of it arrived */
+    void *tmp = result_len ? malloc(result_len) : NULL;
+    if (n == (ssize_t)sizeof res && result_len) {
+        while (tmp && m < (ssize_t)result_len) {
+            ssize_t r = read(pfd[0], (char *)tmp + m, result_len - (size_t)m);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) break;
+            m += r;
+        }
+    }
     close(pfd[0]);
     int ws = 0;
     while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {}
-    if (n != (ssize_t)sizeof res) {
+    if (n != (ssize_t)sizeof res || m != (ssize_t)result_len) {
+        free(tmp);
+        if (result_len && !tmp && n == (ssize_t)sizeof res)
+            return fst__fail(FST_ENOMEM, "%s: result of %zu bytes", what,
+                             result_len);
         if (WIFSIGNALED(ws))
             return fst__fail(FST_ECHILD, "%s: the process doing it died of "
                              "signal %d (%s)", what, WTERMSIG(ws),
@@ -262,6 +280,9 @@ fst_status fst__in_child(fst_status (*fn)(void *ctx), void *ctx,
         return fst__fail(FST_ECHILD, "%s: the process doing it exited %d "
                          "without a result", what, WEXITSTATUS(ws));
     }
+    if (result_len)
+        memcpy(result, tmp, result_len);
+    free(tmp);
     if (res.status != FST_OK)
         return fst__fail((fst_status)res.status, "%s", res.detail);
     return FST_OK;

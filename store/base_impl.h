@@ -58,16 +58,19 @@ void fst__remove_stale(const char *path, const char *infix,
                        const char *const *rests, bool own_is_stale);
 
 /* fst__in_child() :
- * Run fn(ctx) in a forked child process and return its status, with its
- * detail message as this thread's. For work after whose failure a
+ * Run fn(ctx, result) in a forked child process and return its status,
+ * with its detail message as this thread's. For work after whose failure a
  * third-party library cannot exit cleanly (HDF5 1.10 after a failed
  * H5Fclose crashes or loops in its exit handler): the child ends with
  * _exit(), so whatever is left dies with it. fn must not use handles that
- * do not survive fork() (LMDB environments): it reopens by path. A child
- * that dies of a signal (or exits without a result) gives FST_ECHILD
- * naming `what` and the signal. */
-fst_status fst__in_child(fst_status (*fn)(void *ctx), void *ctx,
-                         const char *what);
+ * do not survive fork() (LMDB environments): it reopens by path.
+ * `result` (result_len bytes, may be NULL/0) is the caller's buffer: fn
+ * fills the child's copy of it, and its bytes come back into the caller's
+ * whenever the child reported (success or fn's own error). A child that
+ * dies of a signal (or exits without a result) gives FST_ECHILD naming
+ * `what` and the signal; `result` is then untouched. */
+fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
+                         void *result, size_t result_len, const char *what);
 
 #ifdef __cplusplus
 }

@@ -168,3 +168,45 @@ FST_TEST(remove_stale_takes_only_dead_owners_exact_names)
     }
     ASSERT_EQ(rmdir(dir), 0);
 }
+
+static fst_status child_fills(void *ctx, void *result)
+{
+    memcpy(result, ctx, 6);
+    return FST_OK;
+}
+
+static fst_status child_fails(void *ctx, void *result)
+{
+    (void)ctx;
+    memcpy(result, "late!", 6);
+    return fst__fail(FST_EFULL, "disk full in the child");
+}
+
+static fst_status child_ok(void *ctx, void *result)
+{
+    (void)ctx;
+    return result == NULL ? FST_OK : FST_EINVAL;
+}
+
+static fst_status child_dies(void *ctx, void *result)
+{
+    (void)ctx;
+    memcpy(result, "never", 6);
+    _exit(9);
+}
+
+FST_TEST(in_child_returns_status_detail_and_result)
+{
+    char buf[6] = "-----";
+    ASSERT_OK(fst__in_child(child_fills, "hello", buf, sizeof buf, "job"));
+    ASSERT_STREQ(buf, "hello");
+    /* fn's own error: status, detail and result all come back */
+    ASSERT_STATUS(fst__in_child(child_fails, NULL, buf, sizeof buf, "job"), FST_EFULL);
+    ASSERT_STREQ(fst_errdetail(), "disk full in the child");
+    ASSERT_STREQ(buf, "late!");
+    /* a child that dies without reporting: ECHILD, result untouched */
+    ASSERT_STATUS(fst__in_child(child_dies, NULL, buf, sizeof buf, "the job"), FST_ECHILD);
+    ASSERT_CONTAINS(fst_errdetail(), "the job: the process doing it exited 9");
+    ASSERT_STREQ(buf, "late!");
+    ASSERT_OK(fst__in_child(child_ok, NULL, NULL, 0, "job"));   /* no result */
+}

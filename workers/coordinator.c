@@ -1506,74 +1506,51 @@ static int write_progress(uint64_t done, uint64_t total, uint64_t bytes, void *c
     return 0;
 }
 
-/* What the writer process reports. */
+/* What the writer process reports besides its status. */
 typedef struct wresult {
-    int32_t  status, signal;
+    int32_t  signal;
     uint64_t written, peak_pss;
-    char     detail[1024];
 } wresult;
 
-/* Write matches.h5 from the journal (+ the existing output) in a child
- * process. HDF5 1.10 does not survive a failed write at close: the file
- * stays half-closed and the library's exit handler then crashes, or loops.
- * The child ends with _exit(), so whatever HDF5 is left with dies with it,
- * and the coordinator reports a clean error (journal kept: the same
- * command writes again). The child opens the journal itself, read-only. */
+/* In the writer process: matches.h5 from the journal (+ the existing
+ * output). It opens the journal itself, read-only. */
+static fst_status write_output_child(void *ctx, void *result)
+{
+    run *R = ctx;
+    wresult *res = result;
+    R->writer_child = true;
+    fst_journal *j = NULL;
+    fst_status s = R->j ? fst_journal_open(R->jpath, FST_JOURNAL_RDONLY, &j) : FST_OK;
+    if (s == FST_OK) {
+        wprog wp = {R, 0};
+        fst_matchfile_opts mo = {.copy_existing = true, .progress = write_progress,
+                                 .progress_ctx = &wp};
+        s = fst_matchfile_write(R->o->output, j, &mo, &res->written);
+    }
+    fst_journal_close(j);
+    sample_pss(R);
+    res->signal = R->st->signal;
+    res->peak_pss = R->st->peak_pss;
+    return s;
+}
+
+/* Write matches.h5 in a child process (fst__in_child). HDF5 1.10 does not
+ * survive a failed write at close: the file stays half-closed and the
+ * library's exit handler then crashes, or loops. The child ends with
+ * _exit(), so whatever HDF5 is left with dies with it, and the coordinator
+ * reports a clean error (journal kept: the same command writes again). */
 static fst_status write_output(run *R)
 {
     const fst_run_opts *o = R->o;
-    int pfd[2];
-    if (pipe2(pfd, O_CLOEXEC) != 0)
-        return fst__fail(FST_EIO, "pipe: %s", strerror(errno));
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(pfd[0]);
-        close(pfd[1]);
-        return fst__fail(FST_ENOMEM, "fork: %s", strerror(e));
-    }
-    if (pid == 0) {
-        close(pfd[0]);
-        R->writer_child = true;
-        wresult res;
-        memset(&res, 0, sizeof res);
-        fst_journal *j = NULL;
-        fst_status s = R->j ? fst_journal_open(R->jpath, FST_JOURNAL_RDONLY, &j) : FST_OK;
-        if (s == FST_OK) {
-            wprog wp = {R, 0};
-            fst_matchfile_opts mo = {.copy_existing = true, .progress = write_progress,
-                                     .progress_ctx = &wp};
-            s = fst_matchfile_write(o->output, j, &mo, &res.written);
-        }
-        fst_journal_close(j);
-        sample_pss(R);
-        res.status = s;
-        res.signal = R->st->signal;
-        res.peak_pss = R->st->peak_pss;
-        snprintf(res.detail, sizeof res.detail, "%s", s ? fst_errdetail() : "");
-        if (write(pfd[1], &res, sizeof res) != (ssize_t)sizeof res) _exit(3);
-        _exit(0);
-    }
-    close(pfd[1]);
-    int ws = 0;
-    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {}
     wresult res;
-    ssize_t n;
-    while ((n = read(pfd[0], &res, sizeof res)) < 0 && errno == EINTR) {}
-    close(pfd[0]);
+    memset(&res, 0, sizeof res);
+    char what[64 + PATH_MAX];
+    snprintf(what, sizeof what, "writing %s", o->output);
+    fst_status s = fst__in_child(write_output_child, R, &res, sizeof res, what);
     /* its temporary file, if it died before removing it */
-    char suffix[32];
-    snprintf(suffix, sizeof suffix, ".tmp-%ld", (long)pid);
-    char *tmp = path_plus(o->output, suffix);
-    if (tmp) unlink(tmp);
-    free(tmp);
-    if (n != (ssize_t)sizeof res) {
-        char why[200];
-        describe_exit(ws, why, sizeof why);
-        return fst__fail(FST_EIO, "writing %s: the writer process %s", o->output, why);
-    }
+    fst__remove_stale(o->output, ".tmp-", (const char *const[]){"", NULL}, false);
+    if (s == FST_ECHILD)              /* died: an I/O failure, as before */
+        return fst__failpre(FST_EIO, "%s", "");
     if (res.peak_pss > R->st->peak_pss) R->st->peak_pss = res.peak_pss;
     if (res.signal) R->st->signal = res.signal;
     R->st->pairs_written = res.written;
@@ -1586,7 +1563,7 @@ static fst_status write_output(run *R)
         pr.eta_s = -1;
         o->progress(&pr, o->ctx);
     }
-    return res.status ? fst__fail((fst_status)res.status, "%s", res.detail) : FST_OK;
+    return s;
 }
 
 fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
