@@ -37,6 +37,7 @@ void fst__h5_clear(void)
 
 typedef struct innermost {
     char msg[256];
+    int  err_no;        /* the errno a file driver reported, or 0 */
 } innermost;
 
 static herr_t take_innermost(unsigned n, const H5E_error2_t *err, void *data)
@@ -51,6 +52,19 @@ static herr_t take_innermost(unsigned n, const H5E_error2_t *err, void *data)
     if (H5Eget_msg(err->min_num, NULL, minor, sizeof minor) < 0)
         minor[0] = '\0';
     const char *desc = err->desc ? err->desc : "";
+    /* The POSIX driver's own message is a dump over several lines ("file
+     * write failed: time = ..., filename = '...', file descriptor = 8,
+     * errno = 28, error message = 'No space left on device', buf = ...");
+     * what a user can act on is its first words and the errno. */
+    const char *en = strstr(desc, "errno = ");
+    if (en) {
+        im->err_no = atoi(en + 8);
+        const char *colon = strchr(desc, ':');
+        int head = colon && colon < en ? (int)(colon - desc) : 0;
+        snprintf(im->msg, sizeof im->msg, "%.*s%s%s", head, desc, head ? ": " : "",
+                 strerror(im->err_no));
+        return 1;
+    }
     if (desc[0] && minor[0] && !strstr(desc, minor))
         snprintf(im->msg, sizeof im->msg, "%s (%s)", desc, minor);
     else
@@ -64,7 +78,7 @@ static herr_t take_innermost(unsigned n, const H5E_error2_t *err, void *data)
 
 fst_status fst__h5_fail(fst_status s, const char *fmt, ...)
 {
-    innermost im = {{0}};
+    innermost im = {{0}, 0};
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, take_innermost, &im);
     H5Eclear2(H5E_DEFAULT);
 
@@ -73,6 +87,8 @@ fst_status fst__h5_fail(fst_status s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
+    if (im.err_no == ENOSPC || im.err_no == EDQUOT)
+        return fst__fail(FST_EFULL, "%s: %s (disk full)", head, im.msg);
     if (im.msg[0])
         return fst__fail(s, "%s: %s", head, im.msg);
     return fst__fail(s, "%s", head);

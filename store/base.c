@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -180,6 +183,66 @@ fst_status fst__fsync_parent(const char *path)
     return fst__fsync_path(dir, true);
 }
 
+bool fst__disk_full(const char *path, uint64_t need, uint64_t *avail)
+{
+    char dir[PATH_MAX];
+    const char *base;
+    struct statvfs vf;
+    if (!split_dir(path, dir, sizeof dir, &base) || statvfs(dir, &vf) != 0)
+        return false;
+    uint64_t free_bytes = (uint64_t)vf.f_bavail * vf.f_frsize;
+    if (avail)
+        *avail = free_bytes;
+    return free_bytes < (need > FST__DISK_SLACK ? need : FST__DISK_SLACK);
+}
+
+fst_status fst__fail_io(int err, const char *path, uint64_t need,
+                        const char *fmt, ...)
+{
+    char what[768];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        what[0] = '\0';
+    uint64_t avail = 0;
+    if (err == ENOSPC || err == EDQUOT)
+        return fst__fail(FST_EFULL, "%s: %s (disk full)", what, strerror(err));
+    if (err == EIO && fst__disk_full(path, need, &avail))
+        return fst__fail(FST_EFULL, "%s: disk full (%s; %llu kB left on "
+                         "its file system)", what, strerror(err),
+                         (unsigned long long)(avail >> 10));
+    return fst__fail(FST_EIO, "%s: %s", what, strerror(err));
+}
+
+void *fst__file_map(int fd, size_t size, const void *inside)
+{
+    struct stat sb;
+    if (fd < 0 || size == 0 || fstat(fd, &sb) != 0)
+        return NULL;
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return NULL;
+    void *found = NULL;
+    char line[4096];
+    while (!found && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, off, ino;
+        unsigned maj, min;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &lo, &hi, perms, &off,
+                   &maj, &min, &ino) == 7 &&
+            ino == (unsigned long)sb.st_ino && makedev(maj, min) == sb.st_dev &&
+            off == 0 && hi - lo == size &&
+            (!inside || ((uintptr_t)inside >= lo && (uintptr_t)inside < hi)))
+            found = (void *)lo;
+        /* a line longer than the buffer (a very long path): skip its rest */
+        while (!strchr(line, '\n') && fgets(line, sizeof line, f)) {}
+    }
+    fclose(f);
+    return found;
+}
+
 void fst__remove_stale(const char *path, const char *infix,
                        const char *const *rests, bool own_is_stale)
 {
@@ -240,6 +303,13 @@ fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
     }
     if (pid == 0) {
         close(pfd[0]);
+        /* A crash here is the parent's to report (below): the child dies of
+         * the signal quietly, without running handlers it inherited (a
+         * host program's crash reporter, libFuzzer's, the sanitizers'),
+         * which would report the contained crash as the program's own. */
+        static const int fatal[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
+        for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++)
+            signal(fatal[i], SIG_DFL);
         memset(&res, 0, sizeof res);
         res.status = fn(ctx, result);
         if (res.status != FST_OK)

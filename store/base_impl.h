@@ -57,6 +57,41 @@ fst_status fst__fsync_parent(const char *path);
 void fst__remove_stale(const char *path, const char *infix,
                        const char *const *rests, bool own_is_stale);
 
+/* Free space below which fst__disk_full() calls a file system full
+ * whatever the write needed: blocks for metadata, B-tree pages and the
+ * file system's own reserve make a few MB the practical end. */
+#define FST__DISK_SLACK ((uint64_t)4 << 20)
+
+/* fst__disk_full() :
+ * Whether the file system that holds `path` (asked through its directory,
+ * so the file need not exist) has fewer than max(need, FST__DISK_SLACK)
+ * bytes available to this process (statvfs: f_bavail * f_frsize, i.e.
+ * without root's reserve). *avail (may be NULL) gets the bytes available.
+ * false when statvfs fails. For telling a full disk behind an EIO: LMDB
+ * reports a short write (what a full disk gives) as EIO. */
+bool fst__disk_full(const char *path, uint64_t need, uint64_t *avail);
+
+/* fst__fail_io() :
+ * Record the failure of a write to `path` with system error `err` (an
+ * errno, or LMDB's EIO for a short write) after a printf-formatted context
+ * (which names the file), and return its status: FST_EFULL "<context>:
+ * <strerror> (disk full)" for ENOSPC and EDQUOT, and for EIO when
+ * fst__disk_full(path, need) says the file system is full ("<context>:
+ * disk full (Input/output error; N kB left on its file system)"); FST_EIO
+ * "<context>: <strerror(err)>" otherwise. */
+fst_status fst__fail_io(int err, const char *path, uint64_t need,
+                        const char *fmt, ...) FST_PRINTF(4, 5);
+
+/* fst__file_map() :
+ * Where this process maps the file open as `fd` from offset 0 over exactly
+ * `size` bytes, found in /proc/self/maps (LMDB does not say where its map
+ * is: MDB_envinfo.me_mapaddr is set only for MDB_FIXEDMAP). `inside` (may
+ * be NULL) is an address known to lie in the mapping wanted, which tells
+ * it from other mappings of the same file (a forked child holds its
+ * parent's too). NULL if no such mapping is found or /proc cannot be read.
+ * Without `inside`, of several, the lowest. */
+void *fst__file_map(int fd, size_t size, const void *inside);
+
 /* fst__in_child() :
  * Run fn(ctx, result) in a forked child process and return its status,
  * with its detail message as this thread's. For work after whose failure a

@@ -11,6 +11,13 @@
  * and the pair's result exactly as it goes into matches.h5 (matches0 as
  * int16 or int32, matching_scores0 as float16), with an XXH3 checksum.
  * A small `meta` table holds the run's parameters as strings.
+ *
+ * Memory: the file is mapped (LMDB) in a map that starts at 64 MB (or the
+ * file's size) and doubles when a transaction needs more, so a journal
+ * takes address space in proportion to its size (`ulimit -v` and valgrind
+ * are fine). The map's pages a writer or a walk touches are dropped from
+ * the process after each commit and as a walk goes, so they do not pile
+ * up in its RSS either (they stay in the page cache).
  */
 #ifndef FST_JOURNAL_H
 #define FST_JOURNAL_H
@@ -46,7 +53,9 @@ typedef struct fst_journal_rec {
  * `<path>-lock`). Without FST_JOURNAL_RDONLY the caller becomes its only
  * writer: an exclusive lock is held on the file until fst_journal_close(),
  * so a second run on the same output is refused. Open file descriptors are
- * close-on-exec. *out is the caller's: fst_journal_close() it.
+ * close-on-exec. A reader copes with a writer in another process growing
+ * the file past its map (it maps the file again). *out is the caller's:
+ * fst_journal_close() it.
  * @return FST_OK; FST_ENOTFOUND (missing, no FST_JOURNAL_CREATE);
  *         FST_EEXIST (another process holds it; detail says so);
  *         FST_EFORMAT (not a journal); FST_EIO; FST_ENOMEM. */
@@ -72,7 +81,9 @@ fst_status fst_journal_meta_get(fst_journal *j, const char *key, char **val);
 /* fst_journal_meta_put() :
  * Set `key` to `val` in the meta table, as part of the current
  * transaction (durable at the next fst_journal_commit()).
- * @return FST_OK; FST_EINVAL (read-only, key too long); FST_EFULL; FST_EIO. */
+ * @return FST_OK; FST_EINVAL (read-only, key too long); FST_EFULL; FST_EIO;
+ *         FST_ENOMEM (also: no address space to grow the map; the journal
+ *         is then unusable: close it; what was committed is intact). */
 fst_status fst_journal_meta_put(fst_journal *j, const char *key,
                                 const char *val);
 
@@ -81,17 +92,21 @@ fst_status fst_journal_meta_put(fst_journal *j, const char *key,
  * transaction; it becomes durable at the next fst_journal_commit(). The
  * journal copies everything. Keys longer than LMDB's limit are stored under
  * a hash of the key (names are in the record, so nothing is lost).
+ * The map grows as needed (the transaction is redone in a larger map).
  * @return FST_OK; FST_EINVAL (read-only, index_size not 2 or 4, empty key);
- *         FST_EFULL (disk full); FST_EIO; FST_ENOMEM. After an error the
- *         uncommitted puts are dropped. */
+ *         FST_EFULL (disk full, also behind an EIO when the file system
+ *         has no space left); FST_EIO; FST_ENOMEM (also: no address space
+ *         to grow the map into; the journal is then unusable: close it).
+ *         After an error the uncommitted puts are dropped. */
 fst_status fst_journal_put(fst_journal *j, const char *key,
                            const fst_journal_rec *rec);
 
 /* fst_journal_commit() :
  * Make every put so far durable (LMDB commit with fsync). A no-op when
- * nothing is pending.
- * @return FST_OK; FST_EFULL; FST_EIO. On error the uncommitted puts are
- *         lost; what was committed before stays. */
+ * nothing is pending. Then drops the map's pages from the process (RSS).
+ * @return FST_OK; FST_EFULL (also an EIO on a full file system); FST_EIO;
+ *         FST_ENOMEM (as fst_journal_put()). On error the uncommitted puts
+ *         are lost; what was committed before stays. */
 fst_status fst_journal_commit(fst_journal *j);
 
 /* fst_journal_pending() : puts since the last commit. */

@@ -10,6 +10,29 @@
  *   u32 magic "FJR1", u32 n0, u32 nmatches, u32 len0, u32 len1,
  *   u32 index_size, name0 NUL, name1 NUL, matches0[n0], scores0[n0] (f16),
  *   u64 XXH3-64 of every byte before it.
+ *
+ * The map. LMDB maps the whole file (MAP_SHARED, read-only: without
+ * MDB_WRITEMAP pages are written with pwrite) and needs the map's size up
+ * front. It starts small (MAP_INITIAL, or the file's size on reopening)
+ * and doubles when a transaction does not fit (MDB_MAP_FULL): the
+ * transaction is aborted, the map grown, and the transaction's puts, kept
+ * in `log` until commit, are put again (grow()). A map can only change
+ * between transactions, hence the replay. A reserved size for the largest
+ * journal would be simpler, but address space is limited where a run is
+ * most likely to be large (`ulimit -v` on shared clusters, valgrind).
+ *
+ * Its pages in this process's memory. Every put reads the B-tree pages on
+ * its path through the map (LMDB copies a leaf before changing it), and
+ * records are small enough to live in the leaves, so over a run the
+ * writer touches nearly every page of the file, and its RSS grows by the
+ * journal's size (~1 GB per million pairs) although none of it is its own
+ * memory: they are clean page-cache pages of the file, mapped. After each
+ * commit, and every DROP_EVERY bytes of a walk, drop_pages() unmaps them
+ * from the process (madvise MADV_DONTNEED over the whole map): for a
+ * shared file mapping that only removes the page-table entries; the data
+ * stays in the file and the page cache, and a later access maps it again
+ * (a minor fault). So it is safe even where a pointer into the map is
+ * still held: it reads the same bytes afterwards.
  */
 #include "fst_journal.h"
 #include "base_impl.h"
@@ -22,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -29,7 +53,9 @@
 #define REC_MAGIC 0x31524a46u        /* "FJR1" */
 #define REC_HDR   24u
 #define JOURNAL_FORMAT "featstore-journal 1"
-#define MAP_SIZE  ((size_t)1 << 40)   /* virtual only; the file grows as used */
+#define MAP_INITIAL ((size_t)64 << 20)  /* the map a new journal starts with */
+#define MAP_ROUND   ((size_t)1 << 20)
+#define DROP_EVERY  ((size_t)64 << 20)  /* walks: bytes read between drops */
 
 struct fst_journal {
     MDB_env  *env;
@@ -43,7 +69,19 @@ struct fst_journal {
     char     *path;
     unsigned char *buf;    /* record encoding buffer, kept and reused */
     size_t    cap;
+    size_t    mapsize;     /* LMDB's map: its size, */
+    void     *map;         /* ...and where it is (NULL: not found) */
+    bool      tables;      /* meta and pairs are open */
+    bool      broken;      /* the map could not be remapped: no more use */
+    size_t    failed_size; /* ...at this size, */
+    int       failed_rc;   /* ...for this reason */
+    unsigned char *log;    /* the open write transaction's puts, for replay */
+    size_t    loglen, logcap;
 };
+
+/* An entry of `log`: table (0 meta, 1 pairs), key and value sizes, then the
+ * key and value bytes. */
+#define LOG_HDR 9u
 
 static fst_status from_mdb(int rc, const char *path, const char *what)
 {
@@ -55,7 +93,115 @@ static fst_status from_mdb(int rc, const char *path, const char *what)
         return fst__fail(FST_EFORMAT, "%s: not a featstore journal (%s)", path,
                          mdb_strerror(rc));
     if (rc == ENOMEM) return fst__fail(FST_ENOMEM, "%s: %s", path, what);
+    if (rc == EIO)    /* LMDB's word for a short write: a full disk? */
+        return fst__fail_io(rc, path, 0, "%s: %s", path, what);
     return fst__fail(FST_EIO, "%s: %s: %s", path, what, mdb_strerror(rc));
+}
+
+/* Unmap the map's pages from this process (see the top of this file):
+ * only page-table entries go, the data stays in the page cache. */
+static void drop_pages(fst_journal *j)
+{
+    if (j->map)
+        madvise(j->map, j->mapsize, MADV_DONTNEED);   /* advice: may fail */
+}
+
+/* Learn the map's size and place after LMDB (re)mapped it. The place is
+ * told from other mappings of the file (a forked child has its parent's)
+ * by a value read through it: the format mark, once the tables are open. */
+static void map_changed(fst_journal *j)
+{
+    MDB_envinfo info;
+    MDB_txn *t = NULL;
+    int fd = -1;
+    j->map = NULL;
+    if (mdb_env_info(j->env, &info) != MDB_SUCCESS)
+        return;
+    j->mapsize = info.me_mapsize;
+    if (!j->tables || mdb_env_get_fd(j->env, &fd) != MDB_SUCCESS ||
+        mdb_txn_begin(j->env, NULL, MDB_RDONLY, &t) != MDB_SUCCESS)
+        return;
+    MDB_val k = {strlen("format"), "format"}, v;
+    if (mdb_get(t, j->meta, &k, &v) == MDB_SUCCESS)
+        j->map = fst__file_map(fd, j->mapsize, v.mv_data);
+    mdb_txn_abort(t);
+}
+
+/* Remap at `size` bytes (LMDB rounds it up to the pages in use). No
+ * transaction may be open. LMDB 0.9 unmaps the old map before it maps the
+ * new one, and keeps none if that fails (no address space: ENOMEM), so
+ * the environment is then good only for mdb_env_close(): the journal says
+ * so from then on (usable()), and its committed content is intact. */
+static int remap(fst_journal *j, size_t size)
+{
+    int rc = mdb_env_set_mapsize(j->env, size);
+    if (rc) {
+        j->broken = true;
+        j->map = NULL;
+        j->failed_size = size;
+        j->failed_rc = rc;
+        return rc;
+    }
+    map_changed(j);
+    return MDB_SUCCESS;
+}
+
+/* The map size for a file of `size` bytes: all of it, plus `headroom`
+ * of it (a writer's next batches), at least MAP_INITIAL. */
+static size_t map_for(uint64_t size, uint64_t headroom)
+{
+    uint64_t want = size + headroom;
+    want = (want + MAP_ROUND - 1) / MAP_ROUND * MAP_ROUND;
+    if (want < MAP_INITIAL)
+        want = MAP_INITIAL;
+    return want > SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)want;
+}
+
+/* Begin (renew: *txn is a reset read transaction) a read transaction. If
+ * another process grew the file past our map (MDB_MAP_RESIZED), map the
+ * file's current size and try again. Not mdb_env_set_mapsize(env, 0), the
+ * size the writer recorded: a journal written before the map grew on
+ * demand records 1 TiB, which would fail again where address space is
+ * limited. */
+static int begin_read(fst_journal *j, MDB_txn **txn, bool renew)
+{
+    int rc = MDB_MAP_RESIZED;
+    for (int tries = 0; rc == MDB_MAP_RESIZED && tries < 4; tries++) {
+        if (tries) {
+            if (j->wtxn)    /* (only a writer grows, and never past its map) */
+                return rc;
+            struct stat sb;
+            int fd = -1;
+            if (mdb_env_get_fd(j->env, &fd) != MDB_SUCCESS || fstat(fd, &sb) != 0)
+                return EIO;
+            int r = remap(j, map_for((uint64_t)sb.st_size, 0));
+            if (r)
+                return r;
+        }
+        rc = renew ? mdb_txn_renew(*txn)
+                   : mdb_txn_begin(j->env, NULL, MDB_RDONLY, txn);
+    }
+    return rc;
+}
+
+static fst_status usable(const fst_journal *j)
+{
+    if (j->broken)
+        return fst__fail(j->failed_rc == ENOMEM ? FST_ENOMEM : FST_EIO,
+                         "%s: mapping it at %zu MB failed (%s)%s", j->path,
+                         j->failed_size >> 20, mdb_strerror(j->failed_rc),
+                         j->failed_rc == ENOMEM ? ": not enough address space "
+                         "(ulimit -v?)" : "");
+    return FST_OK;
+}
+
+/* The status of a failed LMDB call `rc`, with the map's failure if that
+ * is what happened. */
+static fst_status failed(const fst_journal *j, int rc, const char *what)
+{
+    if (j->broken)
+        return usable(j);
+    return from_mdb(rc, j->path, what);
 }
 
 /* A stored key: the caller's key, or "#h:" + XXH3-128 hex when too long
@@ -92,14 +238,11 @@ static fst_status read_txn(fst_journal *j, MDB_txn **out)
         *out = j->wtxn;
         return FST_OK;
     }
-    int rc;
-    if (j->rtxn) {
-        end_rtxn(j);
-        rc = mdb_txn_renew(j->rtxn);
-    } else {
-        rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &j->rtxn);
-    }
-    if (rc) return from_mdb(rc, j->path, "starting a read transaction");
+    fst_status s = usable(j);
+    if (s) return s;
+    end_rtxn(j);
+    int rc = begin_read(j, &j->rtxn, j->rtxn != NULL);
+    if (rc) return failed(j, rc, "starting a read transaction");
     j->rtxn_live = true;
     *out = j->rtxn;
     return FST_OK;
@@ -110,9 +253,13 @@ static fst_status write_txn(fst_journal *j)
     if (j->rdonly)
         return fst__fail(FST_EINVAL, "%s: journal opened read-only", j->path);
     if (j->wtxn) return FST_OK;
+    fst_status s = usable(j);
+    if (s) return s;
     end_rtxn(j);
-    return from_mdb(mdb_txn_begin(j->env, NULL, 0, &j->wtxn), j->path,
-                    "starting a write transaction");
+    j->loglen = 0;
+    int rc = mdb_txn_begin(j->env, NULL, 0, &j->wtxn);
+    if (rc) j->wtxn = NULL;
+    return from_mdb(rc, j->path, "starting a write transaction");
 }
 
 static void drop_wtxn(fst_journal *j)
@@ -120,6 +267,80 @@ static void drop_wtxn(fst_journal *j)
     if (j->wtxn) mdb_txn_abort(j->wtxn);
     j->wtxn = NULL;
     j->pending = 0;
+    j->loglen = 0;
+}
+
+/* Keep a copy of a put for replay (false: out of memory). */
+static bool log_put(fst_journal *j, unsigned table, const MDB_val *k, const MDB_val *v)
+{
+    size_t need = LOG_HDR + k->mv_size + v->mv_size;
+    if (k->mv_size > UINT32_MAX || v->mv_size > UINT32_MAX)
+        return false;
+    if (j->loglen + need > j->logcap) {
+        size_t cap = j->logcap ? j->logcap : 65536;
+        while (cap < j->loglen + need) cap *= 2;
+        unsigned char *b = realloc(j->log, cap);
+        if (!b) return false;
+        j->log = b;
+        j->logcap = cap;
+    }
+    unsigned char *p = j->log + j->loglen;
+    uint32_t ks = (uint32_t)k->mv_size, vs = (uint32_t)v->mv_size;
+    p[0] = (unsigned char)table;
+    memcpy(p + 1, &ks, 4);
+    memcpy(p + 5, &vs, 4);
+    memcpy(p + LOG_HDR, k->mv_data, ks);
+    memcpy(p + LOG_HDR + ks, v->mv_data, vs);
+    j->loglen += need;
+    return true;
+}
+
+/* The transaction did not fit in the map (MDB_MAP_FULL, from a put or the
+ * commit; j->wtxn is open or already freed by the commit): abort it, double
+ * the map, begin again and put everything in `log` again; repeat while it
+ * still does not fit. Returns an LMDB code: MDB_SUCCESS with the
+ * transaction open again and holding every logged put. */
+static int grow(fst_journal *j)
+{
+    int rc = MDB_MAP_FULL;
+    while (rc == MDB_MAP_FULL) {
+        if (j->wtxn) mdb_txn_abort(j->wtxn);
+        j->wtxn = NULL;
+        if (j->mapsize > SIZE_MAX / 4)
+            return MDB_MAP_FULL;
+        rc = remap(j, j->mapsize * 2);
+        if (rc) return rc;
+        rc = mdb_txn_begin(j->env, NULL, 0, &j->wtxn);
+        if (rc) {
+            j->wtxn = NULL;
+            return rc;
+        }
+        for (size_t off = 0; rc == MDB_SUCCESS && off < j->loglen;) {
+            unsigned char *p = j->log + off;
+            uint32_t ks, vs;
+            memcpy(&ks, p + 1, 4);
+            memcpy(&vs, p + 5, 4);
+            MDB_val k = {ks, p + LOG_HDR}, v = {vs, p + LOG_HDR + ks};
+            rc = mdb_put(j->wtxn, p[0] ? j->pairs : j->meta, &k, &v, 0);
+            off += LOG_HDR + ks + vs;
+        }
+    }
+    return rc;
+}
+
+/* Put k -> v into `table` (0 meta, 1 pairs) in the write transaction,
+ * growing the map if it is full. On failure the transaction is dropped. */
+static int put(fst_journal *j, unsigned table, MDB_val *k, MDB_val *v)
+{
+    if (!log_put(j, table, k, v)) {
+        drop_wtxn(j);
+        return ENOMEM;
+    }
+    int rc = mdb_put(j->wtxn, table ? j->pairs : j->meta, k, v, 0);
+    if (rc == MDB_MAP_FULL)
+        rc = grow(j);
+    if (rc) drop_wtxn(j);
+    return rc;
 }
 
 fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
@@ -147,7 +368,12 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
     j->rdonly = flags & FST_JOURNAL_RDONLY;
     FST_TRY(from_mdb(mdb_env_create(&j->env), path, "creating the environment"));
     FST_TRY(from_mdb(mdb_env_set_maxdbs(j->env, 4), path, "mdb_env_set_maxdbs"));
-    FST_TRY(from_mdb(mdb_env_set_mapsize(j->env, MAP_SIZE), path, "mdb_env_set_mapsize"));
+    /* All of an existing file (LMDB would round a smaller map up to the
+     * pages in use anyway), and for a writer half as much again for the
+     * batches to come, so that a resumed run does not grow at once. */
+    uint64_t fsize = existed ? (uint64_t)sb.st_size : 0;
+    FST_TRY(from_mdb(mdb_env_set_mapsize(j->env, map_for(fsize, j->rdonly ? 0 : fsize / 2)),
+                     path, "mdb_env_set_mapsize"));
     unsigned envflags = MDB_NOSUBDIR | MDB_NOTLS | (j->rdonly ? MDB_RDONLY : 0);
     if (!j->rdonly) {
         unsigned maxreaders = 0;
@@ -161,6 +387,7 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
     }
     FST_TRY(from_mdb(rc, path, "opening"));
     j->maxkey = mdb_env_get_maxkeysize(j->env);
+    map_changed(j);
 
     int fd = -1;
     if (mdb_env_get_fd(j->env, &fd) == 0 && fd >= 0) {
@@ -179,7 +406,8 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
 
     /* Tables, and the format mark that tells a journal from any LMDB file. */
     MDB_txn *txn = NULL;
-    FST_TRY(from_mdb(mdb_txn_begin(j->env, NULL, j->rdonly ? MDB_RDONLY : 0, &txn),
+    FST_TRY(from_mdb(j->rdonly ? begin_read(j, &txn, false)
+                               : mdb_txn_begin(j->env, NULL, 0, &txn),
                      path, "starting a transaction"));
     unsigned dbflags = j->rdonly ? 0 : MDB_CREATE;
     rc = mdb_dbi_open(txn, "meta", dbflags, &j->meta);
@@ -224,6 +452,8 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
             : from_mdb(rc, path, "reading the format mark");
         goto out;
     }
+    j->tables = true;
+    map_changed(j);                    /* now it can tell where the map is */
     *out = j;
     return FST_OK;
 out:
@@ -237,6 +467,7 @@ void fst_journal_close(fst_journal *j)
     drop_wtxn(j);
     if (j->rtxn) mdb_txn_abort(j->rtxn);
     if (j->env) mdb_env_close(j->env);   /* closes the fd, releasing flock */
+    free(j->log);
     free(j->buf);
     free(j->path);
     free(j);
@@ -294,11 +525,9 @@ fst_status fst_journal_meta_put(fst_journal *j, const char *key, const char *val
         return fst__fail(FST_EINVAL, "%s: bad meta key '%s'", j->path, key);
     FST_TRY(write_txn(j));
     MDB_val k = {kn, (void *)key}, v = {strlen(val), (void *)val};
-    int rc = mdb_put(j->wtxn, j->meta, &k, &v, 0);
-    if (rc) {
-        drop_wtxn(j);
-        return from_mdb(rc, j->path, "writing meta");
-    }
+    int rc = put(j, 0, &k, &v);
+    if (rc)
+        return failed(j, rc, "writing meta");
     j->pending++;
     return FST_OK;
 out:
@@ -350,11 +579,9 @@ fst_status fst_journal_put(fst_journal *j, const char *key, const fst_journal_re
     char hk[48];
     MDB_val k, v = {total, j->buf};
     make_key(j, key, hk, sizeof hk, &k);
-    int rc = mdb_put(j->wtxn, j->pairs, &k, &v, 0);
-    if (rc) {
-        drop_wtxn(j);
-        return fst__failpre(from_mdb(rc, j->path, "writing"), "pair '%s': ", key);
-    }
+    int rc = put(j, 1, &k, &v);
+    if (rc)
+        return fst__failpre(failed(j, rc, "writing"), "pair '%s': ", key);
     j->pending++;
     return FST_OK;
 out:
@@ -366,8 +593,18 @@ fst_status fst_journal_commit(fst_journal *j)
     if (!j->wtxn) return FST_OK;
     int rc = mdb_txn_commit(j->wtxn);   /* frees the txn whatever happens */
     j->wtxn = NULL;
-    j->pending = 0;
-    return from_mdb(rc, j->path, "committing");
+    /* the free list's own pages may not fit: nothing was written yet */
+    while (rc == MDB_MAP_FULL) {
+        rc = grow(j);
+        if (rc == MDB_SUCCESS) {
+            rc = mdb_txn_commit(j->wtxn);
+            j->wtxn = NULL;
+        }
+    }
+    drop_wtxn(j);
+    if (rc) return failed(j, rc, "committing");
+    drop_pages(j);
+    return FST_OK;
 }
 
 uint64_t fst_journal_pending(const fst_journal *j) { return j->pending; }
@@ -441,8 +678,9 @@ fst_status fst_journal_count(fst_journal *j, uint64_t *n)
 {
     fst_status s;
     MDB_txn *txn = NULL;
-    FST_TRY(from_mdb(mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn), j->path,
-                     "starting a read transaction"));
+    FST_TRY(usable(j));
+    int rc0 = begin_read(j, &txn, false);
+    FST_TRY(failed(j, rc0, "starting a read transaction"));
     MDB_stat st;
     FST_TRY(from_mdb(mdb_stat(txn, j->pairs, &st), j->path, "mdb_stat"));
     *n = st.ms_entries;
@@ -458,9 +696,11 @@ fst_status fst_journal_foreach(fst_journal *j, unsigned flags, fst_journal_cb *c
     MDB_txn *txn = NULL;
     MDB_cursor *cur = NULL;
     char *kbuf = NULL;
+    size_t walked = 0;
     end_rtxn(j);
-    FST_TRY(from_mdb(mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn), j->path,
-                     "starting a read transaction"));
+    FST_TRY(usable(j));
+    int rc0 = begin_read(j, &txn, false);
+    FST_TRY(failed(j, rc0, "starting a read transaction"));
     FST_TRY(from_mdb(mdb_cursor_open(txn, j->pairs, &cur), j->path, "opening a cursor"));
     kbuf = malloc((size_t)j->maxkey + 1);
     if (!kbuf) {
@@ -475,6 +715,11 @@ fst_status fst_journal_foreach(fst_journal *j, unsigned flags, fst_journal_cb *c
         memcpy(kbuf, k.mv_data, k.mv_size);
         kbuf[k.mv_size] = '\0';
         FST_TRY(cb(kbuf, &r, ctx));
+        /* between records (r is dead) the pages read so far can go */
+        if ((walked += k.mv_size + v.mv_size) >= DROP_EVERY) {
+            drop_pages(j);
+            walked = 0;
+        }
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     s = rc == MDB_NOTFOUND ? FST_OK : from_mdb(rc, j->path, "walking");
@@ -482,5 +727,6 @@ out:
     free(kbuf);
     if (cur) mdb_cursor_close(cur);
     if (txn) mdb_txn_abort(txn);
+    drop_pages(j);
     return s;
 }

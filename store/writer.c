@@ -109,8 +109,7 @@ static fst_status trim_and_sync(const char *file, uint64_t size)
     int e = errno;
     close(fd);
     if (rc != 0)
-        return fst__fail(e == ENOSPC || e == EDQUOT ? FST_EFULL : FST_EIO,
-                         "%s: %s: %s", file, what, strerror(e));
+        return fst__fail_io(e, file, 0, "%s: %s", file, what);
     return FST_OK;
 }
 
@@ -210,9 +209,11 @@ static fst_status commit(fst_writer *w, bool again)
 {
     int rc = mdb_txn_commit(w->txn);
     w->txn = NULL;
+    const char *file = w->tmp ? w->tmp : w->path;
+    if (rc == EIO)                  /* LMDB's word for a short write */
+        return fail(w, fst__fail_io(rc, file, 0, "%s: committing", file));
     if (rc)
-        return fail(w, fst__from_mdb(rc, "%s: committing", w->tmp ? w->tmp
-                                                                  : w->path));
+        return fail(w, fst__from_mdb(rc, "%s: committing", file));
     w->batch_pages = w->batch_bytes = 0;
     w->batch_records = 0;
     if (w->batch_hi)                /* their first pages, still mapped */
@@ -346,6 +347,8 @@ static fst_status env_open(fst_writer *w, const char *file, unsigned flags,
     if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH)
         return fst__fail(FST_EFORMAT, "%s: not a featstore store (%s)", file,
                          mdb_strerror(rc));
+    if (rc == EIO)                  /* a short write of its first pages */
+        return fst__fail_io(rc, file, 0, "%s", file);
     FST_TRY(fst__from_mdb(rc, "%s", file));
     int dead;
     mdb_reader_check(w->env, &dead);

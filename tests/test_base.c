@@ -1,4 +1,6 @@
-/* test_base.c : status table, error detail, float16 conversion. */
+/* test_base.c : status table, error detail, float16 conversion, and the
+ * file helpers of base.c (stale siblings, fork-and-report, a full disk
+ * behind an EIO, finding a file's mapping). */
 #include "fst_test.h"
 #include "base_impl.h"
 
@@ -93,7 +95,11 @@ FST_TEST(dtype_sizes)
     ASSERT_STREQ(fst_dtype_name(FST_DTYPE_F16), "float16");
 }
 
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -209,4 +215,68 @@ FST_TEST(in_child_returns_status_detail_and_result)
     ASSERT_CONTAINS(fst_errdetail(), "the job: the process doing it exited 9");
     ASSERT_STREQ(buf, "late!");
     ASSERT_OK(fst__in_child(child_ok, NULL, NULL, 0, "job"));   /* no result */
+}
+
+FST_TEST(disk_full_tells_a_full_disk_behind_eio)
+{
+    char dir[] = "/tmp/fst_base_XXXXXX";
+    ASSERT_TRUE(mkdtemp(dir) != NULL);
+    char path[256];
+    snprintf(path, sizeof path, "%s/db.fst", dir);     /* need not exist */
+    struct statvfs vf;
+    ASSERT_EQ(statvfs(dir, &vf), 0);
+    uint64_t avail = 0, free_now = (uint64_t)vf.f_bavail * vf.f_frsize;
+    /* a write larger than the space left: full, whatever is left */
+    ASSERT_TRUE(fst__disk_full(path, free_now + (1ull << 40), &avail));
+    ASSERT_GT(avail, 0);
+    /* what the file system has left, asked for by the write: EFULL */
+    ASSERT_STATUS(fst__fail_io(EIO, path, free_now + (1ull << 40), "%s: committing",
+                               path), FST_EFULL);
+    ASSERT_CONTAINS(fst_errdetail(), "committing: disk full (Input/output error; ");
+    ASSERT_CONTAINS(fst_errdetail(), "kB left on its file system)");
+    ASSERT_CONTAINS(fst_errdetail(), path);
+    /* ENOSPC and EDQUOT are always a full disk; other errors never */
+    ASSERT_STATUS(fst__fail_io(ENOSPC, path, 0, "%s: fsync", path), FST_EFULL);
+    ASSERT_CONTAINS(fst_errdetail(), "No space left on device (disk full)");
+    ASSERT_STATUS(fst__fail_io(EDQUOT, path, 0, "x"), FST_EFULL);
+    ASSERT_STATUS(fst__fail_io(EACCES, path, free_now + (1ull << 40), "x"), FST_EIO);
+    if (free_now > 2 * FST__DISK_SLACK) {
+        /* room left: an EIO is an I/O error */
+        ASSERT_TRUE(!fst__disk_full(path, 0, NULL));
+        ASSERT_STATUS(fst__fail_io(EIO, path, 0, "%s: committing", path), FST_EIO);
+        ASSERT_STREQ(fst_errdetail() + strlen(path), ": committing: Input/output error");
+    }
+    /* no such directory: statvfs fails, nothing is claimed */
+    ASSERT_TRUE(!fst__disk_full("/nonexistent/dir/x", 1ull << 62, NULL));
+    ASSERT_STATUS(fst__fail_io(EIO, "/nonexistent/dir/x", 1ull << 62, "x"), FST_EIO);
+    ASSERT_EQ(rmdir(dir), 0);
+}
+
+FST_TEST(file_map_finds_a_mapping_of_the_file)
+{
+    char path[] = "/tmp/fst_base_map_XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT_TRUE(fd >= 0);
+    ASSERT_EQ(ftruncate(fd, 1 << 20), 0);
+    size_t size = 8u << 20;                    /* larger than the file, as LMDB maps */
+    void *a = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    ASSERT_TRUE(a != MAP_FAILED);
+    ASSERT_TRUE(fst__file_map(fd, size, NULL) == a);
+    ASSERT_TRUE(fst__file_map(fd, size, (char *)a + 4096) == a);
+    ASSERT_TRUE(fst__file_map(fd, size / 2, NULL) == NULL);     /* not that size */
+    int other = open("/proc/self/exe", O_RDONLY);
+    ASSERT_TRUE(other >= 0);
+    ASSERT_TRUE(fst__file_map(other, size, NULL) == NULL);      /* not that file */
+    close(other);
+    /* the same file mapped twice at that size: `inside` tells which */
+    void *b = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    ASSERT_TRUE(b != MAP_FAILED);
+    ASSERT_TRUE(fst__file_map(fd, size, (char *)b + size - 1) == b);
+    ASSERT_TRUE(fst__file_map(fd, size, a) == a);
+    ASSERT_TRUE(fst__file_map(fd, size, (char *)b + size) != b);
+    ASSERT_EQ(munmap(a, size), 0);
+    ASSERT_EQ(munmap(b, size), 0);
+    ASSERT_TRUE(fst__file_map(fd, size, NULL) == NULL);
+    close(fd);
+    unlink(path);
 }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -531,6 +532,243 @@ FST_TEST(journal_one_writer_and_bad_files)
     fst_journal_remove(junk);
     /* a directory that cannot be written */
     ASSERT_STATUS(fst_journal_open("/proc/nope/x.journal", FST_JOURNAL_CREATE, &j), FST_EIO);
+}
+
+/* The journal's map: how large this process maps `path` and how much of
+ * that mapping is resident (from /proc/self/smaps; all its mappings). */
+static bool map_of(const char *path, uint64_t *size, uint64_t *rss)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return false;
+    char line[4096];
+    bool in = false, found = false;
+    *size = *rss = 0;
+    size_t pl = strlen(path);
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, ' ')) {
+            size_t l = strlen(line);
+            while (l && line[l - 1] == '\n') line[--l] = '\0';
+            in = l >= pl && !strcmp(line + l - pl, path) && line[l - pl - 1] == ' ';
+            found |= in;
+            continue;
+        }
+        unsigned long kb;
+        if (in && sscanf(line, "Size: %lu kB", &kb) == 1) *size += (uint64_t)kb << 10;
+        if (in && sscanf(line, "Rss: %lu kB", &kb) == 1) *rss += (uint64_t)kb << 10;
+    }
+    fclose(f);
+    return found;
+}
+
+/* Record number i of the big journals: its own names and content, from
+ * 0 to 1999 keypoints (records inline in LMDB's leaves and records on
+ * overflow pages). */
+static fst_journal_rec big_rec(uint32_t i, char *key, size_t klen, int16_t *m, uint16_t *s)
+{
+    static char a[32], b[32];
+    snprintf(a, sizeof a, "q/%06u.jpg", i);
+    snprintf(b, sizeof b, "db/%06u.jpg", (i * 7u) % 100000u);
+    snprintf(key, klen, "%s/%s", a, b);
+    uint32_t n0 = (i * 37u) % 2000u, nm = 0;
+    for (uint32_t t = 0; t < n0; t++) {
+        m[t] = (int16_t)((i + t) % 5 == 0 ? -1 : (int)((i * 3u + t) % 30000u));
+        s[t] = (uint16_t)(i * 31u + t);
+        nm += m[t] >= 0;
+    }
+    fst_journal_rec r = {.name0 = a, .name1 = b, .n0 = n0, .nmatches = nm, .index_size = 2,
+                         .matches0 = m, .scores0 = s};
+    return r;
+}
+
+/* Puts records first..first+n-1 in a shuffled order (as hloc's pairs come:
+ * all over the key space), committing every `every` (0: once at the end). */
+static fst_status put_big(fst_journal *j, uint32_t first, uint32_t n, uint32_t every)
+{
+    static int16_t m[2000];
+    static uint16_t s[2000];
+    char key[80];
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = first + (uint32_t)(((uint64_t)k * 7919u) % n);   /* n not a multiple of 7919 */
+        fst_journal_rec r = big_rec(i, key, sizeof key, m, s);
+        fst_status st = fst_journal_put(j, key, &r);
+        if (st) return st;
+        if (every && (k + 1) % every == 0 && (st = fst_journal_commit(j))) return st;
+    }
+    return fst_journal_commit(j);
+}
+
+/* Every record of first..first+n-1 is there, with its content. */
+static bool check_big(fst_journal *j, uint32_t first, uint32_t n)
+{
+    static int16_t m[2000];
+    static uint16_t s[2000];
+    char key[80];
+    for (uint32_t i = first; i < first + n; i++) {
+        fst_journal_rec want = big_rec(i, key, sizeof key, m, s), got;
+        if (fst_journal_get(j, key, &got) != FST_OK || got.n0 != want.n0 ||
+            got.nmatches != want.nmatches || strcmp(got.name0, want.name0) ||
+            strcmp(got.name1, want.name1) || memcmp(got.matches0, m, (size_t)want.n0 * 2) ||
+            memcmp(got.scores0, s, (size_t)want.n0 * 2)) {
+            printf("# record %u: %s\n", i, fst_errdetail());
+            return false;
+        }
+    }
+    return true;
+}
+
+static fst_status count_cb(const char *key, const fst_journal_rec *r, void *ctx)
+{
+    (void)key;
+    (void)r;
+    ++*(uint64_t *)ctx;
+    return FST_OK;
+}
+
+#define BIG_N 24000u      /* ~95 MB of records: more than the 64 MB initial map */
+
+FST_TEST(journal_map_grows_on_demand_and_reopens)
+{
+    const char *path = tmp_path("big.journal");
+    fst_journal_remove(path);
+    fst_journal *j = NULL;
+    uint64_t msize, mrss, n;
+    struct stat sb;
+    ASSERT_OK(fst_journal_open(path, FST_JOURNAL_CREATE, &j));
+    ASSERT_TRUE(map_of(path, &msize, &mrss));
+    ASSERT_LE(msize, 64 << 20);            /* a small map, not 1 TiB of address space */
+    /* batches as a run commits them, then one transaction of ~40 MB that
+     * outgrows the map in its middle (redone in a larger one) */
+    ASSERT_OK(put_big(j, 0, 14000, 500));
+    ASSERT_OK(put_big(j, 14000, BIG_N - 14000, 0));
+    ASSERT_EQ(stat(path, &sb), 0);
+    ASSERT_GT(sb.st_size, 80 << 20);
+    ASSERT_TRUE(map_of(path, &msize, &mrss));
+    ASSERT_GE(msize, (uint64_t)sb.st_size);
+    ASSERT_LE(msize, 4 * (uint64_t)sb.st_size);
+    /* after a commit none of the map's pages stays in the process */
+    ASSERT_LT(mrss, 8 << 20);
+    ASSERT_OK(fst_journal_count(j, &n));
+    ASSERT_EQ(n, BIG_N);
+    ASSERT_TRUE(check_big(j, 0, BIG_N));
+    fst_journal_close(j);
+
+    /* reopened (for a resumed run): larger than the initial map */
+    ASSERT_OK(fst_journal_open(path, 0, &j));
+    ASSERT_OK(fst_journal_count(j, &n));
+    ASSERT_EQ(n, BIG_N);
+    ASSERT_TRUE(check_big(j, BIG_N - 100, 100));
+    ASSERT_OK(put_big(j, BIG_N, 6000, 500));                     /* ...and goes on */
+    ASSERT_TRUE(check_big(j, BIG_N, 6000));
+    n = 0;
+    ASSERT_OK(fst_journal_foreach(j, FST_JOURNAL_VERIFY, count_cb, &n));
+    ASSERT_EQ(n, BIG_N + 6000);
+    ASSERT_TRUE(map_of(path, &msize, &mrss));
+    ASSERT_LT(mrss, 8 << 20);              /* a walk drops what it read too */
+    fst_journal_close(j);
+
+    /* read-only, as the matches.h5 writer reads it */
+    ASSERT_OK(fst_journal_open(path, FST_JOURNAL_RDONLY, &j));
+    ASSERT_OK(fst_journal_count(j, &n));
+    ASSERT_EQ(n, BIG_N + 6000);
+    ASSERT_TRUE(check_big(j, 0, BIG_N + 6000));
+    fst_journal_close(j);
+    ASSERT_OK(fst_journal_remove(path));
+}
+
+FST_TEST(journal_reader_follows_a_growing_writer)
+{
+    const char *path = tmp_path("grow.journal");
+    fst_journal_remove(path);
+    fst_journal *j = NULL, *r = NULL;
+    uint64_t n;
+    ASSERT_OK(fst_journal_open(path, FST_JOURNAL_CREATE, &j));
+    ASSERT_OK(put_big(j, 0, 100, 0));
+    fst_journal_close(j);
+    ASSERT_OK(fst_journal_open(path, FST_JOURNAL_RDONLY, &r));     /* a 64 MB map */
+    ASSERT_OK(fst_journal_count(r, &n));
+    ASSERT_EQ(n, 100);
+    /* another process grows the file far past the reader's map */
+    pid_t pid = fork();
+    if (pid == 0) {
+        fst_journal *w = NULL;
+        fst_status s = fst_journal_open(path, 0, &w);
+        if (s == FST_OK) s = put_big(w, 100, BIG_N - 100, 1000);
+        if (s) printf("# writer: %s: %s\n", fst_status_name(s), fst_errdetail());
+        fst_journal_close(w);
+        _exit(s == FST_OK ? 0 : 1);
+    }
+    int ws;
+    ASSERT_EQ(waitpid(pid, &ws, 0), pid);
+    ASSERT_TRUE(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    ASSERT_OK(fst_journal_count(r, &n));       /* MDB_MAP_RESIZED: maps the file again */
+    ASSERT_EQ(n, BIG_N);
+    ASSERT_TRUE(check_big(r, 0, BIG_N));
+    n = 0;
+    ASSERT_OK(fst_journal_foreach(r, FST_JOURNAL_VERIFY, count_cb, &n));
+    ASSERT_EQ(n, BIG_N);
+    fst_journal_close(r);
+    ASSERT_OK(fst_journal_remove(path));
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#  define FST_TEST_ASAN 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define FST_TEST_ASAN 1
+#  endif
+#endif
+
+#ifndef FST_TEST_ASAN
+static uint64_t vm_size(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    unsigned long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %lu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return (uint64_t)kb << 10;
+}
+#endif
+
+FST_TEST(journal_without_address_space_to_grow)
+{
+#ifdef FST_TEST_ASAN
+    FST_SKIP("ASan reserves terabytes of shadow memory: no address-space limit");
+#else
+    const char *path = tmp_path("as.journal");
+    fst_journal_remove(path);
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* room for the 64 MB map and the batches, not for a 128 MB one */
+        fst_journal *j = NULL;
+        fst_status s = fst_journal_open(path, FST_JOURNAL_CREATE, &j);
+        struct rlimit rl = {.rlim_cur = vm_size() + (48 << 20), .rlim_max = RLIM_INFINITY};
+        if (s == FST_OK && setrlimit(RLIMIT_AS, &rl) != 0) _exit(2);
+        if (s == FST_OK) s = put_big(j, 0, BIG_N, 500);
+        int ok = s == FST_ENOMEM && strstr(fst_errdetail(), "address space") != NULL;
+        printf("# growing under a limit: %s: %s\n", fst_status_name(s), fst_errdetail());
+        uint64_t n;
+        ok = ok && fst_journal_count(j, &n) == FST_ENOMEM;        /* unusable, no crash */
+        fst_journal_close(j);
+        _exit(ok ? 0 : 1);
+    }
+    int ws;
+    ASSERT_EQ(waitpid(pid, &ws, 0), pid);
+    ASSERT_TRUE(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    /* what was committed before is intact */
+    fst_journal *j = NULL;
+    uint64_t n = 0, walked = 0;
+    ASSERT_OK(fst_journal_open(path, 0, &j));
+    ASSERT_OK(fst_journal_count(j, &n));
+    ASSERT_GT(n, 0);
+    ASSERT_EQ(n % 500, 0);
+    ASSERT_OK(fst_journal_foreach(j, FST_JOURNAL_VERIFY, count_cb, &walked));
+    ASSERT_EQ(walked, n);
+    fst_journal_close(j);
+    ASSERT_OK(fst_journal_remove(path));
+#endif
 }
 
 /* ---- matches.h5 from a journal ---- */

@@ -30,10 +30,15 @@ TAP output; one meson test per case (tests/trust/meson.build). Cases:
                     output is identical to a run without the append
   readers_512       512 processes hold a read transaction on one store at
                     once, every record read and checksummed by each
+  match_ulimit      `featstore match` under `ulimit -v` (16 GB, as on shared
+                    clusters): completes, also resuming a killed run, with
+                    the output of an unlimited run (a plain build: ASan
+                    cannot run under an address-space limit)
 
 Figures (faults injected and survived, readers...) are printed as
 `# figure: ...` lines, collected into tests/RELIABILITY.md.
 """
+import fcntl
 import json
 import os
 import re
@@ -133,6 +138,13 @@ def run(args, expect=0, env=None, timeout=300, cmd=None):
         raise AssertionError(f"featstore {what}: exit {r.returncode}, expected {expect}\n"
                              f"stdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-3000:]}")
     return r
+
+
+def full_disk_message(r):
+    """A message that says the disk is full, in one line: not HDF5's file
+    driver dump ("time = ..., errno = 28, error message = ..., buf = ...")."""
+    clear_message(r, *DISK_FULL_WORDS)
+    assert "errno =" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def clear_message(r, *words):
@@ -238,6 +250,9 @@ def spread(n, k):
 
 ERRNOS = ("ENOSPC", "EIO")
 FULL_WORDS = ("full", "space", "i/o error", "input/output", "quota")
+# a message that says the disk is full (not just "I/O error"; the work
+# directories' names hold "full", so not that word alone)
+DISK_FULL_WORDS = ("disk full", "disk or map full", "no space left", "quota")
 
 
 # ---- cases -----------------------------------------------------------------------
@@ -680,6 +695,7 @@ def case_real_full_disk(w):
     run(["export", ref, w.p("refx.h5"), "--quiet"])
     store_mb = os.path.getsize(ref) / 2 ** 20
     problems = []
+    messages = []
     steps = 0
 
     def step(desc, fn):
@@ -710,7 +726,8 @@ def case_real_full_disk(w):
                 def create():
                     fs.fill(free)
                     r = run(["import", src, dest, "--quiet"], expect="fail")
-                    clear_message(r, *FULL_WORDS)
+                    messages.append(f"import on {tag}: {r.stderr.strip()}")
+                    full_disk_message(r)
                     assert not os.path.exists(dest), "a store exists"
                     left = [f for f in os.listdir(fs.dir) if f.startswith("db.fst")]
                     assert not left, f"left {left}"
@@ -723,7 +740,11 @@ def case_real_full_disk(w):
                     before = info(dest)
                     fs.fill(free)
                     r = run(["import", src2, dest, "--append", "--quiet"], expect="fail")
-                    clear_message(r, *FULL_WORDS)
+                    messages.append(f"import --append on {tag}: {r.stderr.strip()}")
+                    # LMDB reports the short write of a full disk as EIO:
+                    # the writer asks the file system (statvfs) and says
+                    # disk full, not "I/O error"
+                    full_disk_message(r)
                     now = info(dest)
                     assert now["images"] == before["images"], (now, before)
                     verify_clean(dest)
@@ -741,7 +762,8 @@ def case_real_full_disk(w):
                     if r.returncode == 0:           # it fitted
                         same_output(out, refm)
                         return
-                    clear_message(r, *FULL_WORDS)
+                    messages.append(f"match on {tag}: {r.stderr.strip()}")
+                    full_disk_message(r)
                     assert not os.path.exists(out), "partial output"
                     fs.free_space()
                     match(ref, pairs, out, "--workers", "2")
@@ -751,7 +773,8 @@ def case_real_full_disk(w):
                     fs.empty()
                     fs.fill(free)
                     r = run(["export", ref, fs.p("x.h5"), "--quiet"], expect="fail")
-                    clear_message(r, *FULL_WORDS)
+                    messages.append(f"export on {tag}: {r.stderr.strip()}")
+                    full_disk_message(r)
                     assert not [f for f in os.listdir(fs.dir) if f.startswith("x.h5")], "left"
                     fs.free_space()
                     run(["export", ref, fs.p("x.h5"), "--quiet"])
@@ -767,6 +790,8 @@ def case_real_full_disk(w):
     if not done:
         print("# SKIP: no small file system could be mounted (no mount permission?)")
         return
+    for m in messages:
+        log(re.sub(r"/tmp/fst-trust-[^/ ]*/", "", m).splitlines()[0][:300])
     log_problems(problems)
     kinds = ", ".join(sorted({d.split(":")[0] for d in done}))
     figure("real_full_disk", f"import, import --append, match and export on a full {kinds} "
@@ -872,6 +897,83 @@ def case_store_damage(w):
                            f"{checks - len(problems)} clear errors (exit 1), "
                            f"{len(problems)} problems")
     assert not problems, f"{len(problems)} of {checks} runs crashed or gave no clear error"
+
+
+def plain_featstore():
+    """$FEATSTORE, or where it is sanitized (ASan reserves terabytes of
+    shadow memory: it cannot run under `ulimit -v`, nor under valgrind) the
+    featstore of a plain build of this tree: the one tests/trust/valgrind.sh
+    uses (<build>/tests/trust/plain, or $FST_VG_BUILD), made here if
+    missing (a few minutes the first time). Locked against valgrind.sh
+    building it at the same time."""
+    r = subprocess.run(["ldd", FST], capture_output=True, text=True)
+    if "libasan" not in r.stdout:
+        return FST
+    b = os.environ.get("FST_VG_BUILD") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(FST))), "tests", "trust", "plain")
+    src = os.environ.get("FST_SRCDIR") or os.path.join(os.path.dirname(
+        os.path.abspath(__file__)), "..", "..")
+    os.makedirs(os.path.dirname(b), exist_ok=True)
+    with open(b + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(b, "build.ninja")):
+            r = subprocess.run(["meson", "setup", b, src, "-Dbuildtype=debugoptimized",
+                                "-Db_sanitize=none", "-Dcuda=disabled"],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, f"meson setup {b}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+        r = subprocess.run(["ninja", "-C", b, "-j2", "tools/featstore"], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, f"ninja -C {b}:\n{r.stdout[-3000:]}{r.stderr[-2000:]}"
+    return os.path.join(b, "tools", "featstore")
+
+
+def case_match_ulimit(w):
+    """The journal used to reserve 1 TiB of address space for its map:
+    under `ulimit -v` every match failed ("out of memory: ...journal:
+    opening"). It now maps what it holds and grows."""
+    fst = plain_featstore()
+    limit_kb = 16 * 1000 * 1000         # 16 GB, a common cluster setting
+    src, pairs = synth(w, "f.h5", 60, 256, 64, npairs=1500)
+    store = w.p("db.fst")
+    run(["import", src, store, "--quiet"])
+    ref = w.p("ref.h5")
+    match(store, pairs, ref, "--workers", "2")
+
+    def limited(out, env=None):
+        return subprocess.Popen(["bash", "-c", f'ulimit -v {limit_kb} && exec "$0" "$@"', fst,
+                                 "match", store, pairs, "-o", out, "--device", "cpu",
+                                 "--workers", "2", "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=base_env(env))
+
+    out = w.p("m.h5")
+    p = limited(out)
+    err = p.communicate(timeout=600)[1]
+    assert p.returncode == 0, f"match under ulimit -v {limit_kb}: exit {p.returncode}: {err}"
+    sanitizer_clean(err, "match under ulimit")
+    same_output(out, ref)
+    # a run killed half way, resumed under the limit (the journal reopened)
+    out2 = w.p("m2.h5")
+    p = limited(out2, {"FST_TEST_PAIR_DELAY_MS": "4"})
+    journal = out2 + ".journal"
+    t0 = time.time()
+    while time.time() - t0 < 120 and p.poll() is None:
+        if os.path.exists(journal) and os.path.getsize(journal) > 300 << 10:
+            break
+        time.sleep(0.1)
+    killed = p.poll() is None
+    if killed:
+        p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert not killed or os.path.exists(journal), "no journal left by the killed run"
+    p = limited(out2)
+    err = p.communicate(timeout=600)[1]
+    assert p.returncode == 0, f"resumed match under ulimit -v: exit {p.returncode}: {err}"
+    same_output(out2, ref)
+    assert not os.path.exists(journal)
+    figure("match_ulimit", f"match of 1500 pairs under ulimit -v {limit_kb // 1000 // 1000} GB: "
+                           f"complete, identical; a run killed half way resumed under it "
+                           f"({'killed' if killed else 'finished before the kill'}), identical")
 
 
 def case_concurrent_match(w):

@@ -1,13 +1,15 @@
 /* vgmatch.c : `featstore match` with a chosen worker executable, so that
- * valgrind can check the workers (tests/trust/valgrind.sh).
+ * valgrind can check the coordinator and its workers in one run
+ * (tests/trust/valgrind.sh).
  *
- *   vgmatch STORE PAIRS OUT WORKER_EXE
+ *   valgrind --trace-children=yes vgmatch STORE PAIRS OUT WORKER_EXE
  *
- * The coordinator cannot itself run under valgrind: its journal maps 1 TiB
- * of address space (store/journal.c), more than valgrind manages. So this
- * runs the coordinator natively with one CPU worker started as WORKER_EXE
- * (a script that execs `valgrind featstore worker ...`). Exit 0 when every
- * pair was matched, else 1 with the message. */
+ * `featstore match` starts its workers as /proc/self/exe, which under
+ * valgrind is valgrind's own tool binary, not featstore; this runs the
+ * same coordinator (fst_match_run()) with one CPU worker started as
+ * WORKER_EXE (a featstore binary: valgrind traces it as a child). Exit 0
+ * when every pair was matched without a worker restart, else 1 with the
+ * message. */
 #include "fst_worker.h"
 
 #include <stdio.h>
