@@ -6,13 +6,16 @@
  * float16 per image, as SuperPoint with hloc's as_half) whose store payload
  * is about that many GB, then
  *   (2) import it, against reading every dataset of the same file with the
- *       HDF5 C API; the file is read once before, so both run from the page
- *       cache. Each run is a fresh child process (its peak RSS is reported).
- *       Two import times: until every record is written (the last progress
- *       call, before fst_writer_finish), and in all, with the final fsync
- *       and rename (bound by the disk's write speed);
- *       Also the floor under any import: the same records (made in memory,
- *       no HDF5) written through fst_writer_* alone;
+ *       HDF5 C API, both twice: with the file in the page cache (read once
+ *       before), and cold (its pages evicted first with posix_fadvise
+ *       DONTNEED, so that it comes from the disk). Each run is a fresh child
+ *       process (its peak RSS is reported). Two import times: until every
+ *       record is written (the last progress call, before
+ *       fst_writer_finish), and in all, with the final fsync and rename.
+ *       Also two floors under any import: the same records (made in memory,
+ *       no HDF5) written through fst_writer_* alone, and the disk itself:
+ *       as many bytes as the store holds written in 8 MB O_DIRECT writes
+ *       plus an fsync (buffered writes where O_DIRECT is refused);
  *   (3) the store's size on disk over its payload bytes;
  * and, both stores interleaved,
  *   (1) open the store and look up the first record, in a fresh process
@@ -119,6 +122,44 @@ static void raw_read_child(const char *h5, int fd)
         die("pipe");
 }
 
+/* Drop the file's pages from the page cache, so that the next read comes
+ * from the disk (the file is clean: written and fsynced by synth). */
+static void evict(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0 || fdatasync(fd) || posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED))
+        die(path);
+    close(fd);
+}
+
+/* ---- the disk's own write speed: `bytes` in 8 MB O_DIRECT writes ---- */
+
+static void disk_write_child(const char *dest, uint64_t bytes, int fd)
+{
+    size_t blk = 8u << 20;
+    void *buf = NULL;
+    if (posix_memalign(&buf, 4096, blk))
+        die("posix_memalign");
+    memset(buf, 0x5a, blk);
+    double t0 = bench_now();
+    int o = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT, 0644);
+    if (o < 0)
+        o = open(dest, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (o < 0)
+        die(dest);
+    for (uint64_t done = 0; done < bytes; done += blk)
+        if (write(o, buf, blk) != (ssize_t)blk)
+            die("disk write");
+    if (fsync(o))
+        die("fsync");
+    close(o);
+    double t = bench_now() - t0, out[3] = {t, t, (double)bytes};
+    unlink(dest);
+    free(buf);
+    if (write(fd, out, sizeof out) != sizeof out)
+        die("pipe");
+}
+
 /* ---- import in a child ---- */
 
 typedef struct import_ctx {
@@ -185,7 +226,11 @@ static void write_only_child(const char *dest, uint32_t images, int fd)
         die("pipe");
 }
 
-/* Run `what` (0 raw read, 1 import, 2 writer alone) in a fresh child; its three numbers
+enum { RAW, IMPORT, WRITE_ONLY, RAW_COLD, IMPORT_COLD, DISK, NWHAT };
+static const char *const what_name[NWHAT] = {"raw read", "import", "write only",
+                                              "cold raw read", "cold import", "disk write"};
+
+/* Run `what` in a fresh child; its three numbers
  * into out[], its peak RSS (bytes) into *rss, its CPU time (user + system, all threads,
  * seconds) into *cpu: on a shared machine the wall times depend on the load, the CPU
  * times much less. */
@@ -201,12 +246,16 @@ static void in_child(int what, const char *h5, const char *dest, double out[3], 
         die("fork");
     if (pid == 0) {
         close(p[0]);
-        if (what == 0)
+        if (what == RAW_COLD || what == IMPORT_COLD)
+            evict(h5);
+        if (what == RAW || what == RAW_COLD)
             raw_read_child(h5, p[1]);
-        else if (what == 1)
+        else if (what == IMPORT || what == IMPORT_COLD)
             import_child(h5, dest, p[1]);
-        else
+        else if (what == WRITE_ONLY)
             write_only_child(dest, (uint32_t)atol(h5), p[1]);
+        else
+            disk_write_child(dest, (uint64_t)atoll(h5), p[1]);
         _exit(0);
     }
     close(p[1]);
@@ -216,8 +265,7 @@ static void in_child(int what, const char *h5, const char *dest, double out[3], 
     struct rusage ru;
     if (wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status) ||
         n != 3 * (ssize_t)sizeof(double)) {
-        fprintf(stderr, "bench_store: child %s failed\n",
-                what == 0 ? "raw read" : what == 1 ? "import" : "write only");
+        fprintf(stderr, "bench_store: child %s failed\n", what_name[what]);
         exit(1);
     }
     *rss = (uint64_t)ru.ru_maxrss * 1024;
@@ -334,73 +382,108 @@ int main(int argc, char **argv)
                (double)sb.st_size / 1e9, bench_now() - t0);
         warm(c->h5);
 
-        double *raw = calloc((size_t)reps, sizeof *raw), *imp_w = calloc((size_t)reps, sizeof *raw),
-               *imp_t = calloc((size_t)reps, sizeof *raw), *wo = calloc((size_t)reps, sizeof *raw),
-               *cpu_raw = calloc((size_t)reps, sizeof *raw),
-               *cpu_imp = calloc((size_t)reps, sizeof *raw),
-               *cpu_wo = calloc((size_t)reps, sizeof *raw);
-        uint64_t rss_raw = 0, rss_imp = 0, rss_wo = 0, raw_bytes = 0;
-        char nimg[32];
+        /* t[what][rep]: wall time (until written, for imports); tt: in all;
+         * cpu: the child's CPU time; rss: the largest peak RSS. */
+        double *t[NWHAT], *tt[NWHAT], *cpu[NWHAT];
+        uint64_t rss[NWHAT] = {0}, raw_bytes = 0, store_bytes = 0;
+        for (int w = 0; w < NWHAT; w++) {
+            t[w] = calloc((size_t)reps, sizeof(double));
+            tt[w] = calloc((size_t)reps, sizeof(double));
+            cpu[w] = calloc((size_t)reps, sizeof(double));
+        }
+        char nimg[32], nbytes[32], disk[1100];
         snprintf(nimg, sizeof nimg, "%u", c->images);
+        snprintf(disk, sizeof disk, "%s.disk", c->store);
+        /* The disk floor writes what the store holds: know its size first. */
+        remove_store(c->store);
+        {
+            double out[3], cp;
+            uint64_t r;
+            in_child(IMPORT, c->h5, c->store, out, &r, &cp);
+            struct stat ss;
+            if (stat(c->store, &ss))
+                die(c->store);
+            store_bytes = (uint64_t)ss.st_size;
+            snprintf(nbytes, sizeof nbytes, "%" PRIu64, store_bytes);
+        }
         for (int r = 0; r < reps; r++) {
-            double out[3];
-            uint64_t rss;
             /* rotate which goes first, so none always follows another */
-            for (int j = 0; j < 3; j++) {
-                int what = (r + j) % 3;
-                if (what == 2) {
+            for (int j = 0; j < NWHAT; j++) {
+                int what = (r + j) % NWHAT;
+                double out[3];
+                uint64_t rs;
+                const char *arg = what == WRITE_ONLY ? nimg : what == DISK ? nbytes : c->h5;
+                const char *dest = what == DISK ? disk : c->store;
+                if (what != RAW && what != RAW_COLD)
                     remove_store(c->store);
-                    in_child(2, nimg, c->store, out, &rss, &cpu_wo[r]);
-                    wo[r] = out[0];
-                    rss_wo = rss > rss_wo ? rss : rss_wo;
-                    remove_store(c->store);
-                } else if (what == 0) {
-                    in_child(0, c->h5, NULL, out, &rss, &cpu_raw[r]);
-                    raw[r] = out[0];
+                if (what == RAW || what == IMPORT)
+                    warm(c->h5);
+                in_child(what, arg, dest, out, &rs, &cpu[what][r]);
+                t[what][r] = out[0];
+                tt[what][r] = out[1];
+                if (what == RAW)
                     raw_bytes = (uint64_t)out[2];
-                    rss_raw = rss > rss_raw ? rss : rss_raw;
-                } else {
+                rss[what] = rs > rss[what] ? rs : rss[what];
+                if (what == WRITE_ONLY)
                     remove_store(c->store);
-                    in_child(1, c->h5, c->store, out, &rss, &cpu_imp[r]);
-                    imp_w[r] = out[0];
-                    imp_t[r] = out[1];
-                    rss_imp = rss > rss_imp ? rss : rss_imp;
-                }
             }
         }
-        double mraw = bench_median(raw, (size_t)reps);
-        double craw = bench_median(cpu_raw, (size_t)reps);
-        double cimp = bench_median(cpu_imp, (size_t)reps);
-        double cwo = bench_median(cpu_wo, (size_t)reps);
-        char extra[256];
+        /* leave an imported store for the size and open figures */
+        if (access(c->store, F_OK) != 0) {
+            double out[3], cp;
+            uint64_t rs;
+            warm(c->h5);
+            in_child(IMPORT, c->h5, c->store, out, &rs, &cp);
+        }
+        size_t R = (size_t)reps;
+        double mraw = bench_median(t[RAW], R), mcold = bench_median(t[RAW_COLD], R);
+        double craw = bench_median(cpu[RAW], R);
+        char extra[320], name[64];
         snprintf(extra, sizeof extra, "bytes=%" PRIu64 " peak_rss_MB=%.0f cpu=%.2fs", raw_bytes,
-                 (double)rss_raw / 1e6, craw);
-        char name[64];
+                 (double)rss[RAW] / 1e6, craw);
         snprintf(name, sizeof name, "h5_read_all/%s", c->label);
-        print_case(name, raw, (size_t)reps, 1, "s", extra);
-        snprintf(extra, sizeof extra, "ratio=%.2f vs h5_read_all/%s peak_rss_MB=%.0f",
-                 bench_median(imp_w, (size_t)reps) / mraw, c->label, (double)rss_imp / 1e6);
-        snprintf(name, sizeof name, "import_written/%s", c->label);
-        print_case(name, imp_w, (size_t)reps, 1, "s", extra);
-        snprintf(extra, sizeof extra, "ratio=%.2f vs h5_read_all/%s (with fsync + rename) "
-                 "cpu=%.2fs cpu_ratio=%.2f", bench_median(imp_t, (size_t)reps) / mraw, c->label,
-                 cimp, cimp / craw);
-        snprintf(name, sizeof name, "import_total/%s", c->label);
-        print_case(name, imp_t, (size_t)reps, 1, "s", extra);
-        double mwo = bench_median(wo, (size_t)reps);
-        snprintf(extra, sizeof extra, "ratio=%.2f vs h5_read_all/%s; import_written is "
-                 "%.2fx this peak_rss_MB=%.0f cpu=%.2fs cpu_ratio=%.2f", mwo / mraw, c->label,
-                 bench_median(imp_w, (size_t)reps) / mwo, (double)rss_wo / 1e6, cwo,
-                 cwo / craw);
+        print_case(name, t[RAW], R, 1, "s", extra);
+        snprintf(extra, sizeof extra, "ratio=%.2f vs h5_read_all/%s (from the disk: "
+                 "%.2f GB/s) cpu=%.2fs", mcold / mraw, c->label,
+                 (double)raw_bytes / mcold / 1e9, bench_median(cpu[RAW_COLD], R));
+        snprintf(name, sizeof name, "h5_read_cold/%s", c->label);
+        print_case(name, t[RAW_COLD], R, 1, "s", extra);
+        for (int cold = 0; cold < 2; cold++) {
+            int w = cold ? IMPORT_COLD : IMPORT;
+            double base = cold ? mcold : mraw;
+            const char *bn = cold ? "h5_read_cold" : "h5_read_all";
+            snprintf(extra, sizeof extra, "ratio=%.2f vs %s/%s peak_rss_MB=%.0f",
+                     bench_median(t[w], R) / base, bn, c->label, (double)rss[w] / 1e6);
+            snprintf(name, sizeof name, "%s_written/%s", cold ? "import_cold" : "import",
+                     c->label);
+            print_case(name, t[w], R, 1, "s", extra);
+            snprintf(extra, sizeof extra, "ratio=%.2f vs %s/%s (with fsync + rename) "
+                     "cpu=%.2fs cpu_ratio=%.2f", bench_median(tt[w], R) / base, bn, c->label,
+                     bench_median(cpu[w], R), bench_median(cpu[w], R) /
+                     bench_median(cpu[cold ? RAW_COLD : RAW], R));
+            snprintf(name, sizeof name, "%s_total/%s", cold ? "import_cold" : "import",
+                     c->label);
+            print_case(name, tt[w], R, 1, "s", extra);
+        }
+        double mwo = bench_median(tt[WRITE_ONLY], R);
+        snprintf(extra, sizeof extra, "ratio=%.2f vs h5_read_all/%s (with fsync + rename); "
+                 "import_total is %.2fx this peak_rss_MB=%.0f cpu=%.2fs", mwo / mraw, c->label,
+                 bench_median(tt[IMPORT], R) / mwo, (double)rss[WRITE_ONLY] / 1e6,
+                 bench_median(cpu[WRITE_ONLY], R));
         snprintf(name, sizeof name, "store_write_only/%s", c->label);
-        print_case(name, wo, (size_t)reps, 1, "s", extra);
-        free(raw);
-        free(imp_w);
-        free(imp_t);
-        free(wo);
-        free(cpu_raw);
-        free(cpu_imp);
-        free(cpu_wo);
+        print_case(name, tt[WRITE_ONLY], R, 1, "s", extra);
+        double mdisk = bench_median(t[DISK], R);
+        snprintf(extra, sizeof extra, "ratio=%.2f vs h5_read_all/%s (%.2f GB/s, %" PRIu64
+                 " bytes); import_total is %.2fx this, import_cold_total %.2fx", mdisk / mraw,
+                 c->label, (double)store_bytes / mdisk / 1e9, store_bytes,
+                 bench_median(tt[IMPORT], R) / mdisk, bench_median(tt[IMPORT_COLD], R) / mdisk);
+        snprintf(name, sizeof name, "disk_write/%s", c->label);
+        print_case(name, t[DISK], R, 1, "s", extra);
+        for (int w = 0; w < NWHAT; w++) {
+            free(t[w]);
+            free(tt[w]);
+            free(cpu[w]);
+        }
 
         fst_store *st = NULL;
         fst_store_meta m;

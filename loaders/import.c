@@ -2,8 +2,10 @@
  *
  * Two passes over the file: a walk that lists the image groups (names only,
  * so that progress has a total and the writer gets its keys in order), then
- * one image at a time: read, check, transpose the descriptors D x N -> N x D,
- * hand to the writer.
+ * one image at a time: read, check, hand to the writer. The descriptors go
+ * to the writer as the file holds them, D x N (fst_image.desc_dn): it
+ * transposes them to N x D, checks them for NaN/Inf and hashes them in its
+ * one pass over the record. Only --dtype conversions transpose here.
  *
  * The second pass is a two-stage pipeline: a producer thread does all the
  * HDF5 work (read, check, transpose) into a ring of NSLOT image slots while
@@ -196,6 +198,22 @@ static void note_ignored(hid_t g, const char *name, importer *im, unsigned known
     }
 }
 
+/* NaN or Inf among hloc's D x N descriptors `raw`: FST_EFORMAT naming the
+ * first by row and column as they are in the file. */
+static fst_status desc_nonfinite(const void *raw, fst_dtype dt, uint32_t d, uint32_t n,
+                                 const char *where)
+{
+    size_t nel = (size_t)n * d;
+    size_t bad = dt == FST_DTYPE_F16 ? fst__find_nonfinite16(raw, nel)
+                                     : fst__find_nonfinite32(raw, nel);
+    if (bad == nel)
+        return FST_OK;
+    float v = dt == FST_DTYPE_F16 ? fst_f16_to_f32(((const uint16_t *)raw)[bad])
+                                  : ((const float *)raw)[bad];
+    return fst__fail(FST_EFORMAT, "%s: %s at row %zu, column %zu (keypoint %zu)", where,
+                     isnan(v) ? "NaN" : "Inf", bad / n, bad % n, bad % n);
+}
+
 static fst_status read_image(importer *im, const char *name, slot *sl)
 {
     fst_image *img = &sl->img;
@@ -359,27 +377,23 @@ static fst_status read_image(importer *im, const char *name, slot *sl)
 
     snprintf(where, sizeof where, "%s: /%s/descriptors", im->src, name);
     size_t nel = (size_t)n * d;
-    FST_TRY(fst__grow(&im->raw, &im->rawcap, nel * es_in, where));
+    hid_t memtype = dt == FST_DTYPE_F16 ? im->f16 : H5T_NATIVE_FLOAT;
     FST_TRY(fst__grow(&sl->desc, &sl->desccap, nel * es_out, where));
-    FST_TRY(fst__h5_dset_read(&de, where, dt == FST_DTYPE_F16 ? im->f16 : H5T_NATIVE_FLOAT,
-                              im->raw));
-    size_t bad = dt == FST_DTYPE_F16 ? fst__find_nonfinite16(im->raw, nel)
-                                     : fst__find_nonfinite32(im->raw, nel);
-    if (bad < nel) {
-        float v = dt == FST_DTYPE_F16 ? fst_f16_to_f32(((uint16_t *)im->raw)[bad])
-                                      : ((float *)im->raw)[bad];
-        s = fst__fail(FST_EFORMAT, "%s: %s at row %zu, column %zu (keypoint %zu)", where,
-                      isnan(v) ? "NaN" : "Inf", bad / n, bad % n, bad % n);
-        goto out;
+    if (dt == out_dt) {
+        /* As in the file, D x N: the writer transposes it while copying it
+         * into the record, and checks it for NaN/Inf on the way
+         * (desc_nonfinite() words the error). One pass instead of three. */
+        FST_TRY(fst__h5_dset_read(&de, where, memtype, sl->desc));
+        img->desc_dn = true;
+    } else {
+        FST_TRY(fst__grow(&im->raw, &im->rawcap, nel * es_in, where));
+        FST_TRY(fst__h5_dset_read(&de, where, memtype, im->raw));
+        FST_TRY(desc_nonfinite(im->raw, dt, d, n, where));
+        if (dt == FST_DTYPE_F16)
+            transpose_f16_f32(im->raw, sl->desc, d, n);
+        else
+            transpose_f32_f16(im->raw, sl->desc, d, n);
     }
-    if (dt == out_dt && dt == FST_DTYPE_F16)
-        fst__transpose16(im->raw, sl->desc, d, n);
-    else if (dt == out_dt)
-        fst__transpose32(im->raw, sl->desc, d, n);
-    else if (dt == FST_DTYPE_F16)
-        transpose_f16_f32(im->raw, sl->desc, d, n);
-    else
-        transpose_f32_f16(im->raw, sl->desc, d, n);
     img->desc = sl->desc;
     s = FST_OK;
 out:
@@ -480,8 +494,16 @@ static fst_status run(importer *im, fst_writer *w, fst_import_stats *st)
         int added = 0;
         s = fst_writer_put(w, &sl->img, &added);
         if (s) {
-            /* The store names the image; say which file it came from. */
-            fst__failpre(s, "%s: ", im->src);
+            const fst_image *img = &sl->img;
+            char where[1200];
+            snprintf(where, sizeof where, "%s: /%s/descriptors", im->src, img->name);
+            /* NaN/Inf in descriptors the writer transposed: name it as the
+             * file holds it. Anything else: the store names the image; say
+             * which file it came from. */
+            fst_status ds = FST_OK;
+            if (s == FST_EINVAL && img->desc_dn)
+                ds = desc_nonfinite(img->desc, img->dtype, img->d, img->n, where);
+            s = ds ? ds : fst__failpre(s, "%s: ", im->src);
             break;
         }
         uint64_t pb = payload_of(&sl->img);

@@ -227,22 +227,6 @@ extern int fst__import_threads;
 
 /* ---- small helpers ---- */
 
-/* fst__find_nonfinite16() / fst__find_nonfinite32() :
- * Index of the first NaN or Inf among n float16 (bits) / float32 values,
- * or n if there is none. Vectorised; no alignment needed. */
-size_t fst__find_nonfinite16(const uint16_t *v, size_t n);
-size_t fst__find_nonfinite32(const void *v, size_t n);
-
-/* fst__transpose16() / fst__transpose32() :
- * dst (cols x rows) = transpose of src (rows x cols), both row-major,
- * elements of 2 / 4 bytes copied bit for bit (hloc's D x N descriptors to
- * the store's N x D, and back). SSE2 8 x 8 / 4 x 4 blocks where the build
- * has SSE2; no alignment needed; src and dst must not overlap. */
-void fst__transpose16(const uint16_t *restrict src, uint16_t *restrict dst,
-                      size_t rows, size_t cols);
-void fst__transpose32(const uint32_t *restrict src, uint32_t *restrict dst,
-                      size_t rows, size_t cols);
-
 /* fst__grow() : make *buf hold at least `bytes`, keeping a buffer once
  * grown (callers reuse one buffer for every record rather than allocating
  * per record). @return FST_OK; FST_ENOMEM (detail names `what`). */

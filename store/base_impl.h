@@ -107,6 +107,35 @@ void *fst__file_map(int fd, size_t size, const void *inside);
 fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
                          void *result, size_t result_len, const char *what);
 
+/* ---- arrays (arrays.c) ---- */
+
+/* fst__find_nonfinite16() / fst__find_nonfinite32() :
+ * Index of the first NaN or Inf among n float16 (bits) / float32 values,
+ * or n if there is none. Vectorised; no alignment needed. */
+size_t fst__find_nonfinite16(const uint16_t *v, size_t n);
+size_t fst__find_nonfinite32(const void *v, size_t n);
+
+/* fst__transpose16() / fst__transpose32() :
+ * dst (cols x rows) = transpose of src (rows x cols), both row-major,
+ * elements of 2 / 4 bytes copied bit for bit (hloc's D x N descriptors to
+ * the store's N x D, and back). SSE2 8 x 8 / 4 x 4 blocks where the build
+ * has SSE2; no alignment needed; src and dst must not overlap. */
+void fst__transpose16(const uint16_t *restrict src, uint16_t *restrict dst,
+                      size_t rows, size_t cols);
+void fst__transpose32(const uint32_t *restrict src, uint32_t *restrict dst,
+                      size_t rows, size_t cols);
+
+/* fst__transpose16_ld() / fst__transpose32_ld() :
+ * The same on sub-matrices: dst[c * ldd + r] = src[r * lds + c] for
+ * r < rows, c < cols (lds >= cols, ldd >= rows, in elements). The record
+ * encoder uses it to transpose a D x N source a few keypoints at a time. */
+void fst__transpose16_ld(const uint16_t *restrict src, size_t lds,
+                         uint16_t *restrict dst, size_t ldd, size_t rows,
+                         size_t cols);
+void fst__transpose32_ld(const uint32_t *restrict src, size_t lds,
+                         uint32_t *restrict dst, size_t ldd, size_t rows,
+                         size_t cols);
+
 #ifdef __cplusplus
 }
 #endif

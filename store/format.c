@@ -199,6 +199,43 @@ static void emit_copy(emitter *e, const void *src, uint64_t len, unsigned elem)
     }
 }
 
+/* The descriptors of a d x n source (img->desc_dn): DN_PIECE bytes of
+ * keypoints at a time are transposed into their n x d place, then checked
+ * and hashed while the piece is in L2. One read of the source, one write
+ * of the record. The source is read in d short runs per piece: pieces of
+ * 128 kB (runs of 8 cache lines for 256-D float16) encode 1.4x faster than
+ * pieces of 16 kB (runs of one line), which the prefetchers do not follow
+ * (measured: 2048 x 256 float16, 5.2 against 3.8 GB/s). */
+#define DN_PIECE (128u << 10)
+/* Keypoints [k0, k0 + k) of img's d x n descriptors, transposed to k x d
+ * at dst. */
+static void transpose_piece(const fst_image *img, size_t k0, size_t k, void *dst)
+{
+    size_t n = img->n, d = img->d;
+    if (fst_dtype_size(img->dtype) == 2)
+        fst__transpose16_ld((const uint16_t *)img->desc + k0, n, dst, d, d, k);
+    else
+        fst__transpose32_ld((const uint32_t *)img->desc + k0, n, dst, d, d, k);
+}
+
+static void emit_desc_dn(emitter *e, const fst_image *img)
+{
+    size_t n = img->n, d = img->d, es = fst_dtype_size(img->dtype);
+    size_t kp = DN_PIECE / (d * es);
+    if (kp < 8)
+        kp = 8;
+    for (size_t k0 = 0; k0 < n; k0 += kp) {
+        size_t k = n - k0 < kp ? n - k0 : kp;
+        unsigned char *dst = e->v + e->at;
+        transpose_piece(img, k0, k, dst);
+        if (e->check)
+            e->bad |= es == 2 ? fst__find_nonfinite16((uint16_t *)(void *)dst, k * d) < k * d
+                              : fst__find_nonfinite32(dst, k * d) < k * d;
+        e->at += k * d * es;
+        emit_hash(e);
+    }
+}
+
 static fst_status encode(const fst_image *img, uint64_t gen, void *buf,
                          size_t len, bool check, bool *bad)
 {
@@ -256,8 +293,11 @@ static fst_status encode(const fst_image *img, uint64_t gen, void *buf,
             emit_zero(&e, L.sc_off + L.sc_len);
     }
     emit_zero(&e, L.desc_off);
-    emit_copy(&e, img->desc, L.desc_len,
-              (unsigned)fst_dtype_size(img->dtype));
+    if (img->desc_dn && L.desc_len)
+        emit_desc_dn(&e, img);
+    else
+        emit_copy(&e, img->desc, L.desc_len,
+                  (unsigned)fst_dtype_size(img->dtype));
     emit_zero(&e, L.payload_end);
     emit_hash(&e);
     emit_zero(&e, len);                     /* up to FST_REC_MIN_SIZE */
@@ -515,18 +555,23 @@ fst_status fst__image_check(const fst_image *img)
         return fst__fail(FST_EINVAL, "image '%s': scores[%zu] is %s", nm, i,
                          nan_or_inf(img->scores[i]));
     size_t nd = n * img->d;
+    double x = 0;
     if (img->dtype == FST_DTYPE_F32) {
         const float *dd = img->desc;
         if ((i = first_bad_f32(dd, nd)) < nd)
-            return fst__fail(FST_EINVAL, "image '%s': descriptors[%zu][%zu] "
-                             "(keypoint, dimension) is %s", nm, i / img->d,
-                             i % img->d, nan_or_inf(dd[i]));
+            x = dd[i];
     } else {
         const uint16_t *dh = img->desc;
         if ((i = first_bad_f16(dh, nd)) < nd)
-            return fst__fail(FST_EINVAL, "image '%s': descriptors[%zu][%zu] "
-                             "(keypoint, dimension) is %s", nm, i / img->d,
-                             i % img->d, nan_or_inf(fst_f16_to_f32(dh[i])));
+            x = fst_f16_to_f32(dh[i]);
+    }
+    if (i < nd) {
+        /* n x d: i = keypoint * d + dimension; d x n the other way. */
+        size_t kp = img->desc_dn ? i % n : i / img->d;
+        size_t dim = img->desc_dn ? i / n : i % img->d;
+        return fst__fail(FST_EINVAL, "image '%s': descriptors[%zu][%zu] "
+                         "(keypoint, dimension) is %s", nm, kp, dim,
+                         nan_or_inf(x));
     }
     return FST_OK;
 }
@@ -569,8 +614,28 @@ bool fst__image_same(const fst_view *v, const fst_image *img)
         return false;
     if (n && img->scores && memcmp(v->scores, img->scores, n * sizeof(float)))
         return false;
-    size_t db = n * img->d * fst_dtype_size(img->dtype);
-    return db == 0 || memcmp(v->desc, img->desc, db) == 0;
+    size_t es = fst_dtype_size(img->dtype), d = img->d;
+    if (!img->desc_dn || n == 0 || d == 0)
+        return n * d == 0 || memcmp(v->desc, img->desc, n * d * es) == 0;
+    /* d x n source: transpose a few keypoints at a time and compare. */
+    uint64_t tmp[CHUNK / 8];
+    size_t kp = sizeof tmp / (d * es);
+    if (kp == 0) {          /* a row larger than tmp: element by element */
+        const unsigned char *a = v->desc, *b = img->desc;
+        for (size_t k = 0; k < n; k++)
+            for (size_t j = 0; j < d; j++)
+                if (memcmp(a + (k * d + j) * es, b + (j * n + k) * es, es))
+                    return false;
+        return true;
+    }
+    for (size_t k0 = 0; k0 < n; k0 += kp) {
+        size_t k = n - k0 < kp ? n - k0 : kp;
+        transpose_piece(img, k0, k, tmp);
+        if (memcmp((const unsigned char *)v->desc + k0 * d * es, tmp,
+                   k * d * es))
+            return false;
+    }
+    return true;
 }
 
 const char *fst__name_for_msg(char *buf, const char *name, size_t len)

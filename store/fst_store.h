@@ -137,7 +137,10 @@ fst_status fst_store_verify(fst_store *st, fst_verify_cb *bad, void *ctx,
 /* ---- writing (used by loaders/) ---- */
 
 /* One image to write. The writer copies everything; the caller keeps
- * ownership of the arrays. Descriptors are n x d row-major in `dtype`. */
+ * ownership of the arrays. Descriptors are n x d row-major in `dtype`, or
+ * d x n row-major (hloc's layout, one column per keypoint) when `desc_dn`
+ * is set: the writer then transposes them as it copies them into the
+ * record, so a loader needs no pass of its own over them. */
 typedef struct fst_image {
     const char  *name;
     uint32_t     n, d;
@@ -147,7 +150,8 @@ typedef struct fst_image {
     float        uncertainty;    /* NaN if absent */
     const float *keypoints;      /* n x 2 */
     const float *scores;         /* n, or NULL */
-    const void  *desc;           /* n x d */
+    const void  *desc;           /* n x d, or d x n if desc_dn */
+    bool         desc_dn;        /* desc is d x n (hloc's layout) */
 } fst_image;
 
 /* Modes of fst_writer_open(). */

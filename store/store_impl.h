@@ -12,6 +12,8 @@
 #include "fst_format.h"
 #include "fst_store.h"
 
+#include <sys/types.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -134,6 +136,19 @@ void fst__writer_set_batch(fst_writer *w, unsigned records, uint64_t bytes);
  * the map cannot be found in /proc/self/maps) instead of a staging buffer
  * and pwrite. For tests of that path. */
 void fst__writer_through_map(fst_writer *w);
+
+/* fst__writer_direct() :
+ * CREATE: with on = false, write every record through the page cache from
+ * now on instead of writing its whole pages with O_DIRECT. Returns whether
+ * O_DIRECT writing was on (the file system took an O_DIRECT open). For
+ * tests of both paths. */
+bool fst__writer_direct(fst_writer *w, bool on);
+
+/* fst__direct_fail_errno : when non-zero, CREATE's O_DIRECT record writes
+ * are not submitted but end as if the kernel had failed them with this
+ * errno (EINVAL: O_DIRECT refused, which must fall back to the page cache;
+ * ENOSPC, EIO: a failure naming the image). For tests. */
+extern int fst__direct_fail_errno;
 
 /* fst__writer_tmp_path() : CREATE: the temporary file being written; NULL
  * in APPEND mode. Owned by w. */

@@ -651,6 +651,205 @@ FST_TEST(image_check_refuses_nan_inf)
     timg_free(&t);
 }
 
+/* ---- descriptors given d x n (hloc's layout, fst_image.desc_dn) ---- */
+
+/* A d x n copy of t's n x d descriptors. */
+static void *to_dn(const timg *t)
+{
+    size_t n = t->img.n, d = t->img.d, es = fst_dtype_size(t->img.dtype);
+    unsigned char *dn = malloc(n * d * es + 1);
+    const unsigned char *nd = t->desc;
+    for (size_t k = 0; k < n; k++)
+        for (size_t j = 0; j < d; j++)
+            memcpy(dn + (j * n + k) * es, nd + (k * d + j) * es, es);
+    return dn;
+}
+
+FST_TEST(record_desc_dn_encodes_like_nd)
+{
+    /* shapes around the SSE2 blocks (8 x 8 f16, 4 x 4 f32), several of
+     * the encoder's pieces, pieces clamped to 8 keypoints (rows over 16 kB),
+     * and rows wider than fst__image_same()'s 16 kB buffer */
+    static const uint32_t shapes[][2] = {
+        {0, 0}, {1, 1}, {1, 128}, {7, 3}, {9, 8}, {33, 17}, {100, 256},
+        {1000, 128}, {2049, 256}, {3, 9000}, {20, 5000}};
+    for (int dt = 0; dt < 2; dt++)
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            fst_dtype dtype = dt ? FST_DTYPE_F32 : FST_DTYPE_F16;
+            timg t;
+            timg_make(&t, "dn/img", shapes[k][0], shapes[k][1], dtype,
+                      k % 2 == 0, (uint32_t)k + 3);
+            void *dn = to_dn(&t);
+            fst_image di = t.img;
+            di.desc = dn;
+            di.desc_dn = true;
+            size_t len = fst__record_size(&t.img, NULL);
+            ASSERT_TRUE(len > 0);
+            ASSERT_EQ(fst__record_size(&di, NULL), len);
+            unsigned char *a = malloc(len), *b = malloc(len);
+            memset(b, 0xee, len);
+            ASSERT_OK(fst__record_encode(&t.img, 1, a, len));
+            ASSERT_OK(fst__record_encode_checked(&di, 1, b, len));
+            if (memcmp(a, b, len) != 0)
+                printf("# %u x %u %s\n", shapes[k][0], shapes[k][1],
+                       fst_dtype_name(dtype));
+            ASSERT_MEMEQ(a, b, len);
+            /* the same content compares equal either way, and a one-bit
+             * change in the d x n copy does not */
+            fst_view v;
+            ASSERT_OK(fst__record_decode(a, len, "dn/img", 6, FST__DEC_CHECKSUM, &v, NULL));
+            ASSERT_TRUE(fst__image_same(&v, &di));
+            if (t.img.n) {
+                size_t at = (size_t)mix((uint32_t)k) % ((size_t)t.img.n * t.img.d);
+                ((unsigned char *)dn)[at * fst_dtype_size(dtype)] ^= 1;
+                ASSERT_TRUE(!(fst__image_same(&v, &di)));
+            }
+            free(a);
+            free(b);
+            free(dn);
+            timg_free(&t);
+        }
+}
+
+FST_TEST(record_desc_dn_names_nonfinite_element)
+{
+    for (int dt = 0; dt < 2; dt++) {
+        timg t;
+        timg_make(&t, "dn/nan", 40, 24, dt ? FST_DTYPE_F32 : FST_DTYPE_F16,
+                  true, 5);
+        unsigned char *dn = to_dn(&t);
+        fst_image di = t.img;
+        di.desc = dn;
+        di.desc_dn = true;
+        /* keypoint 37, dimension 5: element (5, 37) of the d x n array */
+        size_t at = 5 * 40 + 37;
+        if (dt)
+            ((float *)(void *)dn)[at] = NAN;
+        else
+            ((uint16_t *)(void *)dn)[at] = 0x7c00;      /* float16 +Inf */
+        size_t len = fst__record_size(&di, NULL);
+        unsigned char *buf = malloc(len);
+        ASSERT_STATUS(fst__record_encode_checked(&di, 1, buf, len), FST_EINVAL);
+        ASSERT_CONTAINS(fst_errdetail(), "dn/nan");
+        ASSERT_CONTAINS(fst_errdetail(), "descriptors[37][5] (keypoint, dimension)");
+        ASSERT_CONTAINS(fst_errdetail(), dt ? "NaN" : "Inf");
+        ASSERT_STATUS(fst__image_check(&di), FST_EINVAL);
+        ASSERT_CONTAINS(fst_errdetail(), "descriptors[37][5]");
+        free(buf);
+        free(dn);
+        timg_free(&t);
+    }
+}
+
+/* ---- the writer's two ways of writing records ---- */
+
+/* Image i of the "mixed" stores: a few pages, or less than one. */
+static void mixed_image(timg *t, unsigned i, fst_dtype dt)
+{
+    char name[32];
+    snprintf(name, sizeof name, "mixed_%03u", i);
+    timg_make(t, name, i % 3 == 0 ? 5 : 300 + 97 * i, 64, dt, i % 4 != 1, i + 11);
+}
+
+/* The mixed images, descriptors n x d and d x n in turn. Returns the first
+ * failure (its detail kept), or FST_OK. */
+static fst_status put_mixed(fst_writer *w, unsigned count, fst_dtype dt)
+{
+    for (unsigned i = 0; i < count; i++) {
+        timg t;
+        mixed_image(&t, i, dt);
+        void *dn = to_dn(&t);
+        fst_image img = t.img;
+        if (i % 2 == 0) {
+            img.desc = dn;
+            img.desc_dn = true;
+        }
+        fst_status s = fst_writer_put(w, &img, NULL);
+        free(dn);
+        timg_free(&t);
+        if (s)
+            return s;
+    }
+    return FST_OK;
+}
+
+static void assert_mixed(const char *path, unsigned count, fst_dtype dt)
+{
+    fst_store *st;
+    fst_reader *rd;
+    ASSERT_OK(fst_store_open(path, FST_OPEN_CHECKSUMS, &st));
+    ASSERT_OK(fst_reader_begin(st, &rd));
+    for (unsigned i = 0; i < count; i++) {
+        timg t;
+        mixed_image(&t, i, dt);
+        fst_view v;
+        ASSERT_OK(fst_reader_get(rd, t.name, &v));
+        assert_view_is(&v, &t.img);
+        timg_free(&t);
+    }
+    fst_reader_end(rd);
+    fst_store_close(st);
+    assert_verify_clean(path, count);
+}
+
+FST_TEST(writer_direct_and_buffered_records_agree)
+{
+    /* direct (where the file system takes O_DIRECT), and buffered */
+    for (int way = 0; way < 4; way++) {
+        fst_dtype dt = way / 2 ? FST_DTYPE_F32 : FST_DTYPE_F16;
+        char name[64];
+        snprintf(name, sizeof name, "mixed-%s-%s.fst", way % 2 ? "buffered" : "direct",
+                 fst_dtype_name(dt));
+        const char *p = tpath(name);
+        fst_writer *w;
+        ASSERT_OK(fst_writer_open(p, FST_WRITE_CREATE, &w));
+        bool had = fst__writer_direct(w, way % 2 == 0);
+        if (way == 0 && !had)
+            printf("# this file system refuses O_DIRECT: both ways buffered\n");
+        ASSERT_OK(put_mixed(w, 24, dt));
+        ASSERT_OK(fst_writer_finish(w, NULL));
+        assert_mixed(p, 24, dt);
+    }
+}
+
+FST_TEST(writer_direct_refused_falls_back_or_fails)
+{
+    fst_writer *w;
+    const char *p = tpath("mixed-einval.fst");
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_CREATE, &w));
+    if (!fst__writer_direct(w, true)) {
+        fst_writer_abort(w);
+        FST_SKIP("this file system refuses O_DIRECT opens (or no AIO)");
+    }
+    /* EINVAL (O_DIRECT refused at write time): the records that tried go
+     * through the page cache, and so does every later one */
+    fst__direct_fail_errno = EINVAL;
+    fst_status s = put_mixed(w, 24, FST_DTYPE_F16);
+    fst__direct_fail_errno = 0;
+    ASSERT_OK(s);
+    ASSERT_TRUE(!fst__writer_direct(w, true));
+    ASSERT_OK(fst_writer_finish(w, NULL));
+    assert_mixed(p, 24, FST_DTYPE_F16);
+
+    /* ENOSPC, EIO: a failure naming the first image whose write failed
+     * (found at a later put, or at finish), and no store left */
+    for (int k = 0; k < 2; k++) {
+        p = tpath(k ? "mixed-eio.fst" : "mixed-enospc.fst");
+        ASSERT_OK(fst_writer_open(p, FST_WRITE_CREATE, &w));
+        fst__direct_fail_errno = k ? EIO : ENOSPC;
+        s = put_mixed(w, k ? 2 : 24, FST_DTYPE_F32);
+        fst__direct_fail_errno = 0;
+        if (s == FST_OK)
+            s = fst_writer_finish(w, NULL);     /* frees w either way */
+        else
+            fst_writer_abort(w);
+        ASSERT_STATUS(s, k ? FST_EIO : FST_EFULL);
+        ASSERT_CONTAINS(fst_errdetail(), "mixed_001");
+        ASSERT_CONTAINS(fst_errdetail(), k ? "Input/output error" : "No space left");
+        ASSERT_TRUE(!exists(p));
+    }
+}
+
 /* ---- stores ---- */
 
 FST_TEST(store_roundtrip)
