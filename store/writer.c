@@ -84,6 +84,7 @@ struct fst_writer {
     aslot       slots[AIO_SLOTS];
     unsigned    next_slot, inflight;
     bool        dfd_refused;        /* a direct write got EINVAL: stop */
+    bool        map_lost;           /* a map growth failed: close only */
     void       *stage;              /* CREATE: one record, encoded */
     size_t      stagecap;
     uint64_t    used_pages;         /* as of the last commit */
@@ -290,9 +291,13 @@ static fst_status ensure_room(fst_writer *w, uint64_t bytes)
                                  "fit the address space", w->path,
                                  (unsigned long long)size));
     int rc = mdb_env_set_mapsize(w->env, (size_t)size);
-    if (rc)
+    if (rc) {
+        /* LMDB unmapped the old map before failing to make the new one:
+         * the environment can only be closed now. */
+        w->map_lost = true;
         return fail(w, fst__from_mdb(rc, "%s: growing the map to %llu bytes",
                                      w->path, (unsigned long long)size));
+    }
     w->mapsize = size;
     find_map(w);                        /* it may have moved */
     FST_TRY(reserve_blocks(w, w->used_pages + 2 * rec + 256));
@@ -979,9 +984,10 @@ void fst_writer_abort(fst_writer *w)
             unlink(w->tmp);
         if (w->tmplock)
             unlink(w->tmplock);
-    } else if (w->env && w->gen) {
+    } else if (w->env && w->gen && !w->map_lost) {
         /* Best effort: delete this append's committed batches now. If it
-         * fails, they stay invisible and the next append deletes them. */
+         * fails, or cannot be tried (a failed map growth left LMDB without
+         * a map), they stay invisible and the next append deletes them. */
         bool any;
         if (mdb_txn_begin(w->env, NULL, 0, &w->txn) == MDB_SUCCESS) {
             if (drop_pending(w, w->gen - 1, &any) == FST_OK && any)

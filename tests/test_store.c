@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -848,6 +849,72 @@ FST_TEST(writer_direct_refused_falls_back_or_fails)
         ASSERT_CONTAINS(fst_errdetail(), k ? "Input/output error" : "No space left");
         ASSERT_TRUE(!exists(p));
     }
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#  define FST_TEST_ASAN 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define FST_TEST_ASAN 1
+#  endif
+#endif
+
+FST_TEST(append_without_address_space_to_grow)
+{
+#ifdef FST_TEST_ASAN
+    FST_SKIP("ASan reserves terabytes of shadow memory: no address-space limit");
+#else
+    const char *p = tpath("as-append.fst");
+    make_store(p, 6, 64, FST_DTYPE_F16);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        fst_writer *w;
+        if (fst_writer_open(p, FST_WRITE_APPEND, &w))
+            _exit(2);
+        FILE *f = fopen("/proc/self/status", "r");
+        char line[256];
+        unsigned long kb = 0;
+        while (f && fgets(line, sizeof line, f))
+            if (sscanf(line, "VmSize: %lu kB", &kb) == 1)
+                break;
+        if (f)
+            fclose(f);
+        /* room for a few images, not for the map to double many times */
+        struct rlimit rl = {.rlim_cur = ((uint64_t)kb << 10) + (48 << 20),
+                            .rlim_max = RLIM_INFINITY};
+        if (!kb || setrlimit(RLIMIT_AS, &rl) != 0)
+            _exit(3);
+        fst_status s = FST_OK;
+        for (unsigned i = 0; i < 64 && s == FST_OK; i++) {
+            timg t;
+            char name[32];
+            snprintf(name, sizeof name, "as_%02u", i);
+            timg_make(&t, name, 20000, 64, FST_DTYPE_F16, false, i);
+            s = fst_writer_put(w, &t.img, NULL);
+            timg_free(&t);
+        }
+        printf("# appending under a limit: %s: %s\n", fst_status_name(s),
+               fst_errdetail());
+        fflush(stdout);
+        fst_writer_abort(w);            /* must not touch the lost map */
+        _exit(s == FST_ENOMEM || s == FST_EFULL ? 0 : 1);
+    }
+    int ws;
+    ASSERT_EQ(waitpid(pid, &ws, 0), pid);
+    ASSERT_TRUE(WIFEXITED(ws));
+    ASSERT_EQ(WEXITSTATUS(ws), 0);
+    assert_verify_clean(p, 6);
+    fst_store *st;
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    ASSERT_EQ(count_images(st), 6);
+    fst_store_close(st);
+    /* the next append cleans up and completes */
+    fst_writer *w;
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    ASSERT_OK(fst_writer_finish(w, NULL));
+    assert_verify_clean(p, 6);
+#endif
 }
 
 /* ---- stores ---- */
