@@ -156,4 +156,30 @@ int main(int argc, char **argv)
     return failed ? 1 : 0;
 }
 
+/* FST_TEST_ASAN: defined in AddressSanitizer builds, where a test that
+ * needs an address-space limit (RLIMIT_AS) cannot run: ASan reserves
+ * terabytes of shadow memory. */
+#if defined(__SANITIZE_ADDRESS__)
+#  define FST_TEST_ASAN 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define FST_TEST_ASAN 1
+#  endif
+#endif
+
+/* This process's virtual size (VmSize, bytes), 0 if unknown: the base for
+ * an RLIMIT_AS that leaves a known amount of address space. */
+static inline uint64_t fst_test_vm_size(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    unsigned long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmSize: %lu kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return (uint64_t)kb << 10;
+}
+
 #endif

@@ -851,14 +851,6 @@ FST_TEST(writer_direct_refused_falls_back_or_fails)
     }
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#  define FST_TEST_ASAN 1
-#elif defined(__has_feature)
-#  if __has_feature(address_sanitizer)
-#    define FST_TEST_ASAN 1
-#  endif
-#endif
-
 FST_TEST(append_without_address_space_to_grow)
 {
 #ifdef FST_TEST_ASAN
@@ -872,18 +864,10 @@ FST_TEST(append_without_address_space_to_grow)
         fst_writer *w;
         if (fst_writer_open(p, FST_WRITE_APPEND, &w))
             _exit(2);
-        FILE *f = fopen("/proc/self/status", "r");
-        char line[256];
-        unsigned long kb = 0;
-        while (f && fgets(line, sizeof line, f))
-            if (sscanf(line, "VmSize: %lu kB", &kb) == 1)
-                break;
-        if (f)
-            fclose(f);
         /* room for a few images, not for the map to double many times */
-        struct rlimit rl = {.rlim_cur = ((uint64_t)kb << 10) + (48 << 20),
-                            .rlim_max = RLIM_INFINITY};
-        if (!kb || setrlimit(RLIMIT_AS, &rl) != 0)
+        uint64_t vm = fst_test_vm_size();
+        struct rlimit rl = {.rlim_cur = vm + (48 << 20), .rlim_max = RLIM_INFINITY};
+        if (!vm || setrlimit(RLIMIT_AS, &rl) != 0)
             _exit(3);
         fst_status s = FST_OK;
         for (unsigned i = 0; i < 64 && s == FST_OK; i++) {

@@ -711,27 +711,6 @@ FST_TEST(journal_reader_follows_a_growing_writer)
     ASSERT_OK(fst_journal_remove(path));
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#  define FST_TEST_ASAN 1
-#elif defined(__has_feature)
-#  if __has_feature(address_sanitizer)
-#    define FST_TEST_ASAN 1
-#  endif
-#endif
-
-#ifndef FST_TEST_ASAN
-static uint64_t vm_size(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    unsigned long kb = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmSize: %lu kB", &kb) == 1) break;
-    if (f) fclose(f);
-    return (uint64_t)kb << 10;
-}
-#endif
-
 FST_TEST(journal_without_address_space_to_grow)
 {
 #ifdef FST_TEST_ASAN
@@ -744,7 +723,7 @@ FST_TEST(journal_without_address_space_to_grow)
         /* room for the 64 MB map and the batches, not for a 128 MB one */
         fst_journal *j = NULL;
         fst_status s = fst_journal_open(path, FST_JOURNAL_CREATE, &j);
-        struct rlimit rl = {.rlim_cur = vm_size() + (48 << 20), .rlim_max = RLIM_INFINITY};
+        struct rlimit rl = {.rlim_cur = fst_test_vm_size() + (48 << 20), .rlim_max = RLIM_INFINITY};
         if (s == FST_OK && setrlimit(RLIMIT_AS, &rl) != 0) _exit(2);
         if (s == FST_OK) s = put_big(j, 0, BIG_N, 500);
         int ok = s == FST_ENOMEM && strstr(fst_errdetail(), "address space") != NULL;
