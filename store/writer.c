@@ -56,7 +56,7 @@ typedef struct aslot {
     struct iocb cb;
     bool        busy;
     long        fake_res;           /* test hook: completed with this */
-    char        name[96];           /* the image, for messages */
+    char        name[FST__NAME_MSG];    /* the image, for messages */
 } aslot;
 
 struct fst_writer {
@@ -751,7 +751,7 @@ static fst_status put_staged(fst_writer *w, const fst_image *img, char *dst,
     sl->head = head;
     sl->size = size;
     sl->off = off;
-    snprintf(sl->name, sizeof sl->name, "%s", img->name);
+    fst__name_for_msg(sl->name, img->name, strlen(img->name));
     memset(&sl->cb, 0, sizeof sl->cb);
     sl->cb.aio_data = w->next_slot;
     sl->cb.aio_lio_opcode = IOCB_CMD_PWRITE;
