@@ -38,6 +38,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hloc_io  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import caselib  # noqa: E402
 
 FST = os.environ.get("FEATSTORE") or "featstore"
 RNG = np.random.default_rng(4)
@@ -200,22 +202,6 @@ def pair_keys(path):
 def leftovers(w, out):
     base = os.path.basename(out)
     return sorted(f for f in os.listdir(w.dir) if f.startswith(base))
-
-
-def children(pid):
-    kids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                st = f.read()
-        except OSError:
-            continue
-        ppid = int(st[st.rindex(")") + 2:].split()[1])
-        if ppid == pid:
-            kids.append(int(d))
-    return kids
 
 
 def gone(pid):
@@ -478,7 +464,7 @@ def case_kill_worker(w):
     p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json", "--quiet"],
               slow_env(lg))
     wait_lines(lg, 6, p)
-    kids = children(p.pid)
+    kids = caselib.children(p.pid)
     assert len(kids) == 2, kids
     os.kill(kids[0], signal.SIGKILL)
     stdout, stderr = p.communicate(timeout=120)
@@ -507,7 +493,7 @@ def case_kill_coordinator(w):
               slow_env(lg1, ms=80))
     wait_lines(lg1, 8, p)
     time.sleep(0.4)
-    kids = children(p.pid)
+    kids = caselib.children(p.pid)
     os.kill(p.pid, signal.SIGKILL)
     p.communicate()
     t0 = time.time()
@@ -763,25 +749,5 @@ def case_fake_gpus(w):
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
 
 
-def main():
-    names = sys.argv[1:] or list(CASES)
-    print(f"1..{len(names)}")
-    failed = 0
-    for i, name in enumerate(names, 1):
-        w = Workdir(name)
-        t0 = time.time()
-        try:
-            CASES[name](w)
-            print(f"ok {i} {name} ({time.time() - t0:.1f} s)", flush=True)
-            w.cleanup()
-        except Exception:
-            import traceback
-            failed += 1
-            for line in traceback.format_exc().splitlines():
-                print("#", line)
-            print(f"not ok {i} {name} (files kept in {w.dir})", flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    caselib.main(CASES, Workdir)

@@ -40,6 +40,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import caselib  # noqa: E402
+
 FST = os.environ.get("FEATSTORE") or "featstore"
 
 
@@ -63,22 +66,6 @@ def is_worker(pid):
         return len(argv) > 1 and argv[1] == b"worker"
     except OSError:
         return False
-
-
-def children(pid):
-    kids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                st = f.read()
-        except OSError:
-            continue
-        rest = st[st.rindex(")") + 2:].split()
-        if int(rest[1]) == pid and rest[0] != "Z":
-            kids.append(int(d))
-    return kids
 
 
 def mem_of(pid):
@@ -184,7 +171,7 @@ def run_match(store, pairs, out, workers, kill_every=None, env=None):
         while not stop.wait(rng.uniform(*kill_every)):
             if any(s[3] for s in samples[-1:]):
                 break                   # writing the output: no workers left
-            kids = [k for k in children(p.pid) if is_worker(k)]
+            kids = [k for k in caselib.children(p.pid, live_only=True) if is_worker(k)]
             if not kids:
                 continue
             victim = rng.choice(kids)

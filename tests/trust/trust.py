@@ -49,6 +49,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import caselib  # noqa: E402
+
 FST = os.environ.get("FEATSTORE") or "featstore"
 SHIM = os.environ.get("FST_FAULTSHIM", "")
 STORETOOL = os.environ.get("FST_STORETOOL", "")
@@ -1069,25 +1072,5 @@ def case_readers_512(w):
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
 
 
-def main():
-    names = sys.argv[1:] or list(CASES)
-    print(f"1..{len(names)}")
-    failed = 0
-    for i, name in enumerate(names, 1):
-        w = Workdir(name)
-        t0 = time.time()
-        try:
-            CASES[name](w)
-            print(f"ok {i} {name} ({time.time() - t0:.1f} s)", flush=True)
-            w.cleanup()
-        except Exception:
-            import traceback
-            failed += 1
-            for line in traceback.format_exc().splitlines():
-                print("#", line)
-            print(f"not ok {i} {name} (files kept in {w.dir})", flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    caselib.main(CASES, Workdir)
