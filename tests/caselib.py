@@ -1,6 +1,6 @@
 """caselib.py : what the Python test scripts (tests/match/e2e.py,
-tests/trust/trust.py, tests/trust/soak.py) share: their TAP runner and a
-look at a process's children in /proc."""
+tests/trust/trust.py, tests/trust/soak.py) share: their TAP runner, a look
+at a process's children in /proc, and an HDF5 file's whole content."""
 import os
 import sys
 import time
@@ -51,3 +51,17 @@ def children(pid, live_only=False):
         if int(rest[1]) == pid and not (live_only and rest[0] == "Z"):
             kids.append(int(d))
     return kids
+
+
+def h5_content(path):
+    """{dataset path: (dtype, bytes)} of a whole HDF5 file, for comparing
+    two files dataset by dataset (h5py imported here: only some scripts
+    need it)."""
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (str(obj.dtype), obj[()].tobytes())
+        f.visititems(visit)
+    return out

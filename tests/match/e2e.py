@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hloc_io  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import caselib  # noqa: E402
+from caselib import h5_content  # noqa: E402
 
 FST = os.environ.get("FEATSTORE") or "featstore"
 RNG = np.random.default_rng(4)
@@ -158,17 +159,6 @@ def match(store, pairs, out, *extra, expect=0, env=None):
             env=env)
     js = json.loads(r.stdout.strip().splitlines()[-1])
     return js, r
-
-
-def h5_content(path):
-    """{dataset path: (dtype, values)} of a whole file."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = (str(obj.dtype), obj[()].tobytes())
-        f.visititems(visit)
-    return out
 
 
 def assert_same_output(a, b):

@@ -51,6 +51,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import caselib  # noqa: E402
+from caselib import h5_content  # noqa: E402
 
 FST = os.environ.get("FEATSTORE") or "featstore"
 SHIM = os.environ.get("FST_FAULTSHIM", "")
@@ -210,17 +211,6 @@ def faults_hit(logpath):
 
 def leftovers(dirpath, prefix):
     return sorted(f for f in os.listdir(dirpath) if f.startswith(prefix))
-
-
-def h5_content(path):
-    import h5py
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = (str(obj.dtype), obj[()].tobytes())
-        f.visititems(visit)
-    return out
 
 
 def same_output(a, b):
