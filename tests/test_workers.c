@@ -354,6 +354,36 @@ static fst_journal_rec rec_of(const char *a, const char *b, uint32_t n0, int16_t
     return r;
 }
 
+/* ---- progress rate ---- */
+
+/* pairs/s over the window: steady 100 pairs/s sampled every 200 ms must
+ * read 100 before and long after the window first fills (it read 0 once
+ * full: the oldest sample was overwritten before being read). */
+FST_TEST(rate_window_is_steady_past_its_length)
+{
+    fst__rate r;
+    memset(&r, 0, sizeof r);
+    ASSERT_NEAR(fst__rate_push(&r, 1000000000LL, 7), 0.0, 0.0);  /* one sample */
+    for (int k = 1; k < 4 * FST__RATE_SLOTS; k++) {
+        int64_t now = 1000000000LL + (int64_t)k * 200000000LL;
+        double rate = fst__rate_push(&r, now, 7 + 20u * (uint64_t)k);
+        if (rate < 99.999 || rate > 100.001)
+            printf("# sample %d: %.3f pairs/s\n", k, rate);
+        ASSERT_NEAR(rate, 100.0, 1e-3);
+    }
+    /* the window forgets: 5 s of no progress later the rate is 0 */
+    int64_t t = 1000000000LL + (int64_t)4 * FST__RATE_SLOTS * 200000000LL;
+    double rate = -1;
+    for (int k = 0; k <= FST__RATE_SLOTS; k++)
+        rate = fst__rate_push(&r, t + (int64_t)k * 200000000LL, 7 + 20u * 4 * FST__RATE_SLOTS);
+    ASSERT_NEAR(rate, 0.0, 0.0);
+    /* samples closer than 50 ms give 0, not a huge number */
+    fst__rate q;
+    memset(&q, 0, sizeof q);
+    fst__rate_push(&q, 0, 0);
+    ASSERT_NEAR(fst__rate_push(&q, 1000000, 50), 0.0, 0.0);
+}
+
 FST_TEST(journal_put_commit_reopen)
 {
     const char *path = tmp_path("j1.journal");

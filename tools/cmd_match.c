@@ -180,8 +180,9 @@ static void print_summary(FILE *f, const fst_run_stats *st, const char *output, 
     else if (!st->pairs_todo)
         fprintf(f, "featstore match: nothing to match");
     else
-        fprintf(f, "featstore match: %llu pairs matched, %llu matches",
-                (unsigned long long)st->pairs_matched, (unsigned long long)st->matches);
+        fprintf(f, "featstore match: %llu pair%s matched, %llu match%s",
+                (unsigned long long)st->pairs_matched, st->pairs_matched == 1 ? "" : "s",
+                (unsigned long long)st->matches, st->matches == 1 ? "" : "es");
     const char *sep = " (";
     if (st->pairs_existing) {
         fprintf(f, "%s%llu already in the output", sep, (unsigned long long)st->pairs_existing);
@@ -206,8 +207,8 @@ static void print_summary(FILE *f, const fst_run_stats *st, const char *output, 
         fprintf(f, "\n  peak memory (PSS, coordinator + workers): %s; store %s\n", pss, store);
     }
     if (st->output_written)
-        fprintf(f, "  wrote %s (%llu pairs from the run and journal)\n", output,
-                (unsigned long long)st->pairs_written);
+        fprintf(f, "  wrote %s (%llu pair%s from the run and journal)\n", output,
+                (unsigned long long)st->pairs_written, st->pairs_written == 1 ? "" : "s");
     if (st->n_failures) {
         fprintf(f, "  %zu pair%s failed (not in the output; the same command retries them):\n",
                 st->n_failures, st->n_failures > 1 ? "s" : "");

@@ -57,7 +57,6 @@ typedef struct batch {
 
 #define DEPTH 2               /* batches in flight per worker */
 #define TICK_NS   200000000   /* progress, PSS sampling */
-#define RATE_SLOTS 25         /* ~5 s of ticks for pairs/s */
 
 enum { W_OFF = 0, W_STARTING, W_READY };
 
@@ -109,9 +108,7 @@ typedef struct run {
     int64_t             first_pending;
     /* progress */
     int64_t             next_tick;
-    int64_t             rate_t[RATE_SLOTS];
-    uint64_t            rate_n[RATE_SLOTS];
-    unsigned            rate_i;
+    fst__rate           rate;            /* ~5 s of ticks for pairs/s */
     char               *key;
     size_t              keycap;
     bool                writer_child;    /* this process writes matches.h5 */
@@ -1245,6 +1242,21 @@ static void sample_pss(run *R)
     if (sum > R->st->peak_pss) R->st->peak_pss = sum;
 }
 
+double fst__rate_push(fst__rate *r, int64_t now_ns, uint64_t count)
+{
+    /* Once the window is full the oldest sample sits in the slot this one
+     * replaces: read it before overwriting it. */
+    unsigned slot = r->i % FST__RATE_SLOTS;
+    unsigned oldest = r->i >= FST__RATE_SLOTS ? slot : 0;
+    int64_t t_old = r->i ? r->t[oldest] : now_ns;
+    uint64_t n_old = r->i ? r->n[oldest] : count;
+    r->t[slot] = now_ns;
+    r->n[slot] = count;
+    r->i++;
+    double dt = (double)(now_ns - t_old) / 1e9;
+    return dt >= 0.05 && count >= n_old ? (double)(count - n_old) / dt : 0;
+}
+
 static void report(run *R, fst_run_phase phase, int64_t now)
 {
     if (!R->o->progress) return;
@@ -1257,12 +1269,7 @@ static void report(run *R, fst_run_phase phase, int64_t now)
     p.workers_alive = alive(R);
     p.workers = R->nw;
     p.elapsed_s = (double)(now - (R->t_match0 ? R->t_match0 : R->t0)) / 1e9;
-    unsigned i = R->rate_i % RATE_SLOTS, oldest = R->rate_i >= RATE_SLOTS ? i : 0;
-    R->rate_t[i] = now;
-    R->rate_n[i] = R->done;
-    R->rate_i++;
-    double dt = (double)(now - R->rate_t[oldest]) / 1e9;
-    p.pairs_per_s = dt > 0.05 ? (double)(R->done - R->rate_n[oldest]) / dt : 0;
+    p.pairs_per_s = fst__rate_push(&R->rate, now, R->done);
     uint64_t left = R->ntodo - R->done - R->failed;
     p.eta_s = p.pairs_per_s > 0 ? (double)left / p.pairs_per_s : (left ? -1 : 0);
     R->o->progress(&p, R->o->ctx);

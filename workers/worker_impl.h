@@ -169,6 +169,21 @@ uint32_t fst__pairs_find(const fst_pairs *p, const char *name);
 /* ---- time ---- */
 int64_t fst__now_ns(void);   /* CLOCK_MONOTONIC */
 
+/* A rate over a sliding window: the last FST__RATE_SLOTS samples of a
+ * growing count (pairs done), for the progress line's pairs/s. Zeroed is
+ * empty. */
+#define FST__RATE_SLOTS 25
+typedef struct fst__rate {
+    int64_t  t[FST__RATE_SLOTS];
+    uint64_t n[FST__RATE_SLOTS];
+    unsigned i;               /* samples pushed so far */
+} fst__rate;
+
+/* fst__rate_push() : add the sample (now_ns, count) and return the rate,
+ * per second, between the oldest sample still in the window and this one;
+ * 0 while they lie less than 50 ms apart. */
+double fst__rate_push(fst__rate *r, int64_t now_ns, uint64_t count);
+
 #ifdef __cplusplus
 }
 #endif
