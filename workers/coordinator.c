@@ -57,6 +57,11 @@ typedef struct batch {
 
 #define DEPTH 2               /* batches in flight per worker */
 #define TICK_NS   200000000   /* progress, PSS sampling */
+/* Reading /proc/PID/smaps_rollup walks that process's page tables: about
+ * 1.5 ms per GB of the store it has touched (measured here), so with a
+ * 100 GB store and 8 workers one sample could take a second. Samples are
+ * spaced so that they take at most 1/PSS_DUTY of the coordinator's time. */
+#define PSS_DUTY  50
 
 enum { W_OFF = 0, W_STARTING, W_READY };
 
@@ -108,6 +113,7 @@ typedef struct run {
     int64_t             first_pending;
     /* progress */
     int64_t             next_tick;
+    int64_t             next_pss;        /* next PSS sample (see PSS_DUTY) */
     fst__rate           rate;            /* ~5 s of ticks for pairs/s */
     char               *key;
     size_t              keycap;
@@ -1442,7 +1448,11 @@ static fst_status supervise(run *R)
         if (R->first_pending && now - R->first_pending >= commit_ns)
             if ((s = commit(R))) goto out;
         if (now >= R->next_tick) {
-            sample_pss(R);
+            if (now >= R->next_pss) {
+                sample_pss(R);
+                int64_t cost = fst__now_ns() - now;
+                R->next_pss = now + (cost * PSS_DUTY > TICK_NS ? cost * PSS_DUTY : TICK_NS);
+            }
             report(R, FST_RUN_MATCHING, now);
             R->next_tick = now + TICK_NS;
         }

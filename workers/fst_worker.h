@@ -190,7 +190,10 @@ typedef struct fst_run_stats {
     uint32_t workers;          /* workers run at once */
     uint32_t worker_restarts;  /* workers started to replace dead ones */
     uint64_t peak_pss;         /* bytes: peak of the sum of PSS over the
-                                  coordinator and its workers */
+                                  coordinator and its workers, sampled
+                                  every 200 ms (less often where a sample
+                                  costs more than 2% of the time: stores
+                                  of tens of GB) and at the end */
     uint64_t store_bytes;      /* the store file's size */
     char     device[64];       /* "cpu", "cuda:0,1" */
     char     backend[16];      /* "cpu", "cuda" */
