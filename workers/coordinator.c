@@ -1248,6 +1248,18 @@ static void sample_pss(run *R)
     if (sum > R->st->peak_pss) R->st->peak_pss = sum;
 }
 
+/* sample_pss() during a phase: once `now` has reached R->next_pss, then
+ * again after TICK_NS or PSS_DUTY times what this sample took, whichever
+ * is longer. The sample alone is timed, not the work before it. */
+static void sample_pss_paced(run *R, int64_t now)
+{
+    if (now < R->next_pss) return;
+    int64_t t = fst__now_ns();
+    sample_pss(R);
+    int64_t cost = fst__now_ns() - t;
+    R->next_pss = now + (cost * PSS_DUTY > TICK_NS ? cost * PSS_DUTY : TICK_NS);
+}
+
 double fst__rate_push(fst__rate *r, int64_t now_ns, uint64_t count)
 {
     /* Once the window is full the oldest sample sits in the slot this one
@@ -1448,11 +1460,7 @@ static fst_status supervise(run *R)
         if (R->first_pending && now - R->first_pending >= commit_ns)
             if ((s = commit(R))) goto out;
         if (now >= R->next_tick) {
-            if (now >= R->next_pss) {
-                sample_pss(R);
-                int64_t cost = fst__now_ns() - now;
-                R->next_pss = now + (cost * PSS_DUTY > TICK_NS ? cost * PSS_DUTY : TICK_NS);
-            }
+            sample_pss_paced(R, now);
             report(R, FST_RUN_MATCHING, now);
             R->next_tick = now + TICK_NS;
         }
@@ -1509,7 +1517,7 @@ static int write_progress(uint64_t done, uint64_t total, uint64_t bytes, void *c
     if (now < p->next && done != total)
         return 0;
     p->next = now + TICK_NS;
-    sample_pss(R);                      /* the writer's memory counts too */
+    sample_pss_paced(R, now);           /* the writer's memory counts too */
     if (R->o->progress) {
         fst_run_progress pr;
         memset(&pr, 0, sizeof pr);
