@@ -322,6 +322,38 @@ bool fst_backend_available(const char *name)
     return name && find_ops(name) != NULL;
 }
 
+/* The keys each backend's open() takes (cpu_backend.c's cpu_open,
+ * cuda/plan.c's fst__cu_params_parse): checked here, where no module needs
+ * loading. */
+static const char *const cpu_keys[] = {"threads", "isa", NULL};
+static const char *const cuda_keys[] = {"device", "cache_mb", "headroom_mb", "share",
+                                        "sim_mb", "ring_mb", "transfer", "tf32", "pad",
+                                        "timeout_s", "profile", "fault", NULL};
+
+fst_status fst_backend_check_params(const char *name, const char *params)
+{
+    const char *const *keys = !name ? NULL : !strcmp(name, "cpu") ? cpu_keys
+                            : !strcmp(name, "cuda") ? cuda_keys : NULL;
+    if (!keys)
+        return fst__fail(FST_EINVAL, "unknown backend '%s'", name ? name : "(null)");
+    const char *p = params;
+    char key[64], val[256];
+    fst_status s;
+    while ((s = fst__param_next(&p, key, sizeof key, val, sizeof val)) == FST_OK) {
+        size_t k = 0;
+        while (keys[k] && strcmp(keys[k], key)) k++;
+        if (keys[k]) continue;
+        char known[256];
+        size_t l = 0;
+        known[0] = '\0';
+        for (k = 0; keys[k] && l < sizeof known; k++)
+            l += (size_t)snprintf(known + l, sizeof known - l, "%s%s", k ? ", " : "", keys[k]);
+        return fst__fail(FST_EINVAL, "%s backend: unknown parameter '%s' (known: %s)", name,
+                         key, known);
+    }
+    return s == FST_DONE ? FST_OK : s;
+}
+
 fst_status fst__param_next(const char **p, char *key, size_t key_len,
                            char *val, size_t val_len)
 {

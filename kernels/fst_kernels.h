@@ -84,6 +84,17 @@ typedef struct fst_backend fst_backend;
 fst_status fst_backend_open(const char *name, const fst_match_opts *opts,
                             const char *params, fst_backend **out);
 
+/* fst_backend_check_params() :
+ * Check a parameter string for backend `name` ("cpu", "cuda") without
+ * opening it: its syntax (key=value items) and its keys (those
+ * fst_backend_open() lists). Values are checked when the backend opens.
+ * Loads no module and touches no device, so a process that never runs a
+ * backend (the match coordinator) can refuse a typo before any work.
+ * NULL or "" is fine. Any thread.
+ * @return FST_OK; FST_EINVAL (the detail names the key and lists the
+ *         known ones, or the malformed item, or an unknown backend). */
+fst_status fst_backend_check_params(const char *name, const char *params);
+
 /* fst_backend_name() : "cpu", "cuda", ... Static. */
 const char *fst_backend_name(const fst_backend *be);
 

@@ -38,6 +38,10 @@ typedef struct fst_import_stats {
      * `scales`, `oris`): an export will not have them. */
     uint64_t datasets_ignored;
     char     ignored_example[256];          /* one of them, "/img/scales" */
+    /* Soft and external links, which are not followed: an image reached
+     * only through one is not imported. */
+    uint64_t links_skipped;
+    char     link_example[256];             /* "/alias.jpg -> /img.jpg" */
 } fst_import_stats;
 
 /* fst_import_h5() :
@@ -47,7 +51,8 @@ typedef struct fst_import_stats {
  * float32/float16; descriptors (D, N) float16/float32, transposed to
  * N x D; `scores` or `keypoint_scores` (N,) float32/float16, or neither;
  * image_size (2,) of any integer type; the keypoints' `uncertainty`
- * attribute (a number). Hard links only; a group met twice is taken once.
+ * attribute (a number). Hard links only; a group met twice is taken once;
+ * soft and external links are not followed, and counted in stats.
  * Refused (FST_EFORMAT), naming file, image and dataset: a D or (without
  * opts->dtype) a dtype differing between images or from the store's; N
  * differing between datasets; wrong ranks or shapes; float64, integer or
@@ -107,7 +112,9 @@ typedef struct fst_synth_opts {
                                     std-dev noise / sqrt(d)); default 0.05 */
     uint64_t  seed;              /* default 1 */
     const char *prefix;          /* image names <prefix>0000.jpg, ... (at
-                                    least 4 digits); default "synth/img" */
+                                    least 4 digits); default "synth/img";
+                                    no blank or control character (a
+                                    pairs file could not hold the names) */
 } fst_synth_opts;
 
 /* fst_synth_opts_default() : the defaults above. */
@@ -146,6 +153,16 @@ typedef fst_status fst_matchfile_key_cb(const char *key, void *ctx);
  *         FST_EFORMAT (not HDF5, damaged). */
 fst_status fst_matchfile_keys(const char *path, fst_matchfile_key_cb *cb,
                               void *ctx);
+
+/* fst_matchfile_check_output() :
+ * Refuse an existing `path` that holds hloc features rather than matches
+ * (a dataset `keypoints` or `descriptors` anywhere, e.g. features.h5 given
+ * as the output by mistake): writing pairs into it would add match groups
+ * inside its image groups. Walks the file's links, stopping at the first
+ * such dataset.
+ * @return FST_OK (not features); FST_EEXIST (the detail names the file and
+ *         the dataset found); FST_EIO; FST_EFORMAT (not HDF5, damaged). */
+fst_status fst_matchfile_check_output(const char *path);
 
 typedef struct fst_matchfile_opts {
     bool             copy_existing;  /* start from dest's current content,

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -176,6 +177,18 @@ static fst_status from_errno(int e, const char *path, const char *what)
     return fst__fail(s, "%s: %s%s%s", path, what, what[0] ? ": " : "", strerror(e));
 }
 
+/* Does another process hold `path` locked the way HDF5 1.10+ does (an
+ * exclusive flock() by a writer; readers take a shared one)? Asked only
+ * after H5Fopen failed, to tell "locked" from "damaged". */
+static bool file_locked(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    bool locked = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    close(fd);                          /* drops a lock we got */
+    return locked;
+}
+
 fst_status fst__h5_open_read(const char *path, hid_t *out, uint64_t *size_out,
                              int64_t *mtime_out)
 {
@@ -198,6 +211,13 @@ fst_status fst__h5_open_read(const char *path, hid_t *out, uint64_t *size_out,
                          sb.st_size == 0 ? " (empty)" : "");
     }
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0 && file_locked(path)) {
+        fst__h5_clear();
+        return fst__fail(FST_EIO, "%s: locked: another program has it open for writing "
+                         "(HDF5 file locking refuses readers while a writer holds the file); "
+                         "close it there first, or set HDF5_USE_FILE_LOCKING=FALSE to read "
+                         "it anyway (safe only once nothing writes to it)", path);
+    }
     if (f < 0)
         return fst__h5_fail(FST_EFORMAT,
                             "%s: cannot open as HDF5 (truncated or damaged?)", path);
@@ -585,6 +605,7 @@ typedef struct walker {
     size_t            nseen, capseen;
     int               depth;
     fst_status        status;     /* why the iteration stopped */
+    fst__h5_skipped  *skipped;    /* may be NULL */
 } walker;
 
 #define WALK_MAX_DEPTH 1000
@@ -614,8 +635,22 @@ static int get_objinfo(hid_t loc, const char *name, H5O_type_t *type,
 static herr_t walk_link(hid_t g, const char *name, const H5L_info_t *info, void *data)
 {
     walker *w = data;
-    if (info->type != H5L_TYPE_HARD)
-        return 0;             /* soft and external links: not followed */
+    if (info->type != H5L_TYPE_HARD) {
+        /* soft and external links: not followed, but counted and one named
+         * (an image reached only through one would vanish silently) */
+        if (w->skipped && !w->skipped->n++) {
+            char target[200] = "";
+            if (info->type == H5L_TYPE_SOFT &&
+                H5Lget_val(g, name, target, sizeof target, H5P_DEFAULT) < 0)
+                target[0] = '\0';
+            target[sizeof target - 1] = '\0';
+            fst__h5_clear();
+            snprintf(w->skipped->example, sizeof w->skipped->example, "%s%s%s -> %s",
+                     w->path, w->len > 1 ? "/" : "", name,
+                     info->type == H5L_TYPE_SOFT ? target : "(external link)");
+        }
+        return 0;
+    }
     H5O_type_t type;
     unsigned rc;
     objid id;
@@ -702,7 +737,14 @@ static fst_status walk_group(walker *w, hid_t g)
 fst_status fst__h5_walk(hid_t file, const char *fname, fst__h5_group_cb *cb,
                         void *ctx)
 {
-    walker w = {.fname = fname, .cb = cb, .ctx = ctx};
+    return fst__h5_walk_ex(file, fname, cb, ctx, NULL);
+}
+
+fst_status fst__h5_walk_ex(hid_t file, const char *fname, fst__h5_group_cb *cb,
+                           void *ctx, fst__h5_skipped *skipped)
+{
+    walker w = {.fname = fname, .cb = cb, .ctx = ctx, .skipped = skipped};
+    if (skipped) memset(skipped, 0, sizeof *skipped);
     w.cap = 256;
     w.path = malloc(w.cap);
     if (!w.path)

@@ -613,10 +613,15 @@ fst_status fst_import_h5(const char *src, const char *dest,
         s = FST_ENOMEM;
         goto out;
     }
-    FST_TRY(fst__h5_walk(im.file, src, list_group, &im));
+    fst__h5_skipped skipped;
+    FST_TRY(fst__h5_walk_ex(im.file, src, list_group, &im, &skipped));
+    st.links_skipped = skipped.n;
+    memcpy(st.link_example, skipped.example, sizeof st.link_example);
     if (im.nnames == 0) {
         s = fst__fail(FST_EFORMAT, "%s: no group holds both keypoints and descriptors "
-                      "(not an hloc features file?)", src);
+                      "(not an hloc features file?)%s%s%s", src,
+                      skipped.n ? " (soft or external links are not followed: " : "",
+                      skipped.example, skipped.n ? ")" : "");
         goto out;
     }
     qsort(im.names, im.nnames, sizeof *im.names, cmp_name);

@@ -214,6 +214,17 @@ typedef fst_status fst__h5_group_cb(hid_t group, const char *path, void *ctx);
 fst_status fst__h5_walk(hid_t file, const char *fname, fst__h5_group_cb *cb,
                         void *ctx);
 
+/* Soft and external links a walk met and did not follow. */
+typedef struct fst__h5_skipped {
+    uint64_t n;
+    char     example[256];   /* the first, "/alias.jpg -> /img.jpg" */
+} fst__h5_skipped;
+
+/* fst__h5_walk_ex() : fst__h5_walk(), counting in *skipped (zeroed first)
+ * the soft and external links it does not follow. */
+fst_status fst__h5_walk_ex(hid_t file, const char *fname, fst__h5_group_cb *cb,
+                           void *ctx, fst__h5_skipped *skipped);
+
 /* fst__h5_has_link() : 1 if `loc` has a link `name` (one level, no '/'),
  * 0 if not; errors count as not (and are cleared). */
 int fst__h5_has_link(hid_t loc, const char *name);

@@ -139,6 +139,45 @@ out:
     return s;
 }
 
+/* ---- refusing a features file as the output ---- */
+
+typedef struct feat_finder {
+    char where[512];
+} feat_finder;
+
+static herr_t find_feature(hid_t root, const char *name, const H5L_info_t *info, void *data)
+{
+    feat_finder *ff = data;
+    if (info->type != H5L_TYPE_HARD) return 0;
+    const char *base = strrchr(name, '/');
+    base = base ? base + 1 : name;
+    if (strcmp(base, "descriptors") && strcmp(base, "keypoints")) return 0;
+    if (obj_type(root, name) != H5O_TYPE_DATASET) return 0;
+    snprintf(ff->where, sizeof ff->where, "/%s", name);
+    return 1;                                /* found: stop */
+}
+
+fst_status fst_matchfile_check_output(const char *path)
+{
+    fst__h5_quiet q;
+    fst__h5_quiet_begin(&q);
+    feat_finder ff = {{0}};
+    hid_t f = H5I_INVALID_HID;
+    fst_status s = fst__h5_open_read(path, &f, NULL, NULL);
+    if (s) goto out;
+    herr_t rc = H5Lvisit(f, H5_INDEX_NAME, H5_ITER_INC, find_feature, &ff);
+    if (rc < 0)
+        s = fst__h5_fail(FST_EFORMAT, "%s: cannot list its groups", path);
+    else if (rc > 0)
+        s = fst__fail(FST_EEXIST, "output %s holds hloc features (%s), not matches: refusing "
+                      "to write match groups into it; name another output file", path,
+                      ff.where);
+out:
+    if (f >= 0) H5Fclose(f);
+    fst__h5_quiet_end(&q);
+    return s;
+}
+
 /* ---- writing ---- */
 
 /* Datasets up to this size are stored in their object header (HDF5's

@@ -241,6 +241,15 @@ static fst_status check_opts(const fst_synth_opts *o, uint64_t *n_pairs)
     if (!o->prefix || !o->prefix[0] || o->prefix[0] == '/' || strstr(o->prefix, "//"))
         return fst__fail(FST_EINVAL, "synth: image name prefix '%s' (non-empty, relative, "
                          "no '//')", o->prefix ? o->prefix : "");
+    /* The names go into a pairs file, whose fields are split at blanks
+     * (hloc: str.split()): a blank or control byte would make a file that
+     * neither `featstore match` nor hloc reads. */
+    for (const unsigned char *c = (const unsigned char *)o->prefix; *c; c++)
+        if (*c <= ' ' || *c == 0x7f)
+            return fst__fail(FST_EINVAL, "synth: image name prefix '%s' has a %s at byte %zu: "
+                             "pairs files separate names by blanks, so names cannot hold "
+                             "one", o->prefix, *c == ' ' ? "space" : "blank or control character",
+                             (size_t)(c - (const unsigned char *)o->prefix));
     if ((uint64_t)o->n_keypoints * o->d * fst_dtype_size(o->dtype) > 0xffff0000ull)
         return fst__fail(FST_EINVAL, "synth: %u keypoints x %u dimensions: more than the "
                          "4 GiB a store record holds", o->n_keypoints, o->d);

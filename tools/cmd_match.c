@@ -133,6 +133,7 @@ static void print_json(const fst_run_stats *st, const char *output, fst_status s
             (unsigned long long)st->pairs_todo, (unsigned long long)st->pairs_matched,
             (unsigned long long)st->pairs_failed, (unsigned long long)st->pairs_written,
             (unsigned long long)st->matches);
+    fprintf(f, ",\"pairs_bom\":%llu", (unsigned long long)st->pairs_bom);
     json_num(f, "wall_s", st->wall_s);
     json_num(f, "match_s", st->match_s);
     json_num(f, "write_s", st->write_s);
@@ -218,6 +219,21 @@ static void print_summary(FILE *f, const fst_run_stats *st, const char *output, 
     }
 }
 
+/* --device: cpu, auto, cuda, or cuda: and device numbers (digits) joined
+ * by commas. */
+static bool device_ok(const char *d)
+{
+    if (!strcmp(d, "cpu") || !strcmp(d, "auto") || !strcmp(d, "cuda")) return true;
+    if (strncmp(d, "cuda:", 5)) return false;
+    for (const char *p = d + 5;;) {
+        size_t n = strspn(p, "0123456789");
+        if (!n || n > 4) return false;
+        p += n;
+        if (!*p) return true;
+        if (*p++ != ',') return false;
+    }
+}
+
 static bool parse_thr(const char *s, double *out)
 {
     char *end;
@@ -282,7 +298,13 @@ int fst_cmd_match(int argc, char **argv)
         snprintf(optname, sizeof optname, "--%s", opt);
         switch (c) {
         case 'o': o.output = optarg; break;
-        case OPT_DEVICE: o.device = optarg; break;
+        case OPT_DEVICE:
+            if (!device_ok(optarg))
+                return fst__cli_usage("match", usage_line, "--device '%s': expected cpu, cuda, "
+                                      "cuda:N[,N...] (device numbers, e.g. cuda:0,2) or auto",
+                                      optarg);
+            o.device = optarg;
+            break;
         case OPT_WORKERS:
             if (fst__cli_u32("match", optname, optarg, 1, 4096, &o.workers)) return 2;
             break;

@@ -105,6 +105,10 @@ int fst_cmd_import(int argc, char **argv)
                     "an export will not have them\n", st.datasets_ignored,
                     st.datasets_ignored == 1 ? "" : "s", st.ignored_example);
     }
+    if (st.links_skipped)               /* a warning: printed even with --quiet */
+        fprintf(stderr, "featstore import: warning: %" PRIu64 " soft or external link%s not "
+                "followed (e.g. %s): images reached only through them are not imported\n",
+                st.links_skipped, st.links_skipped == 1 ? "" : "s", st.link_example);
     return 0;
 }
 

@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -200,6 +201,8 @@ static char *path_plus(const char *path, const char *suffix)
 
 /* ---- setup ---- */
 
+static bool is_hdf5(const char *path);
+
 /* Can we create files beside `out`? A probe file, created and removed:
  * access() says yes to root on a read-only mount. */
 static fst_status check_output(run *R)
@@ -221,7 +224,51 @@ static fst_status check_output(run *R)
         unlink(probe);
     }
     free(probe);
+    /* features.h5 given as the output: hloc would add match groups inside
+     * its image groups; refuse before any work. */
+    if (!s && stat(out, &sb) == 0 && S_ISREG(sb.st_mode) && is_hdf5(out))
+        s = fst_matchfile_check_output(out);
     return s;
+}
+
+/* `-o link.h5`: the file the link points to (links followed, relative
+ * targets taken from the link's folder), so that the output, its
+ * temporary file and the journal go beside the target and the link stays
+ * a link. *out is NULL when `path` is no link. */
+static fst_status resolve_output(const char *path, char **out)
+{
+    char *cur = NULL;
+    *out = NULL;
+    for (int hops = 0;; hops++) {
+        const char *p = cur ? cur : path;
+        struct stat sb;
+        if (lstat(p, &sb) != 0 || !S_ISLNK(sb.st_mode)) break;
+        if (hops == 40) {
+            free(cur);
+            return fst__fail(FST_EIO, "output %s: too many levels of symbolic links", path);
+        }
+        char target[PATH_MAX];
+        ssize_t n = readlink(p, target, sizeof target - 1);
+        if (n < 0) {
+            int e = errno;
+            free(cur);
+            return fst__fail(FST_EIO, "output %s: %s", p, strerror(e));
+        }
+        target[n] = '\0';
+        const char *slash = strrchr(p, '/');
+        size_t dl = target[0] == '/' || !slash ? 0 : (size_t)(slash - p) + 1;
+        char *next = malloc(dl + (size_t)n + 1);
+        if (!next) {
+            free(cur);
+            return fst__fail(FST_ENOMEM, "%s", path);
+        }
+        memcpy(next, p, dl);
+        memcpy(next + dl, target, (size_t)n + 1);
+        free(cur);
+        cur = next;
+    }
+    *out = cur;
+    return FST_OK;
 }
 
 static bool is_hdf5(const char *path)
@@ -418,6 +465,27 @@ static fst_status build_params(run *R, const char *qid, char **out)
     return FST_OK;
 }
 
+/* A journal value for a message: a number (journaled with %.17g, exact)
+ * in the shortest form that reads back the same (0.8, not
+ * 0.80000000000000004); anything else as it is. */
+static void shown_value(const char *v, int vl, char *buf, size_t len)
+{
+    if (vl > 200) vl = 200;
+    snprintf(buf, len, "%.*s", vl, v);
+    char *end, t[40];
+    double x = strtod(buf, &end);
+    if (!vl || *end || !isfinite(x)) return;
+    snprintf(t, sizeof t, "%.17g", x);
+    if (strcmp(t, buf)) return;          /* not written by %.17g (a hash...) */
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(t, sizeof t, "%.*g", prec, x);
+        if (strtod(t, NULL) == x) {
+            snprintf(buf, len, "%s", t);
+            return;
+        }
+    }
+}
+
 /* The first line where two parameter texts differ, for the message. */
 static void params_diff(const char *a, const char *b, char *buf, size_t len)
 {
@@ -430,10 +498,10 @@ static void params_diff(const char *a, const char *b, char *buf, size_t len)
             const char *va = memchr(a, '=', la);
             va = va ? va + 1 : a;
             int vla = (int)(la - (size_t)(va - a));
-            snprintf(buf, len, "%.*s was '%.*s', now '%.*s'", kl, b, vla > 200 ? 200 : vla, va,
-                     (int)(lb - (size_t)kl - (eq ? 1 : 0)) > 200 ? 200
-                                                                : (int)(lb - (size_t)kl - (eq ? 1 : 0)),
-                     eq ? eq + 1 : b);
+            char was[256], now[256];
+            shown_value(va, vla, was, sizeof was);
+            shown_value(eq ? eq + 1 : b, (int)(lb - (size_t)kl - (eq ? 1 : 0)), now, sizeof now);
+            snprintf(buf, len, "%.*s was '%s', now '%s'", kl, b, was, now);
             return;
         }
         a += la + (ea ? 1 : 0);
@@ -589,12 +657,16 @@ static fst_status find_gpus(run *R, const char *want)
             closedir(d);
         }
     }
+    if (want && !*want) {
+        s = fst__fail(FST_EINVAL, "--device cuda:: expected device numbers like cuda:0,2");
+        goto out;
+    }
     if (want) {
         for (const char *p = want; *p;) {
             size_t l = strcspn(p, ",");
             char *end;
             unsigned long k = strtoul(p, &end, 10);
-            if (!l || end != p + l) {
+            if (!l || end != p + l || *p < '0' || *p > '9') {
                 s = fst__fail(FST_EINVAL, "--device cuda:%s: expected device numbers like 0,2", want);
                 goto out;
             }
@@ -1612,6 +1684,14 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
         return fst__fail(FST_EINVAL, "fst_match_run: store, pairs and output are required");
     if (o->index_size != 2 && o->index_size != 4)
         return fst__fail(FST_EINVAL, "matches0 must be int16 or int32");
+    fst_run_opts o_real;
+    char *out_real = NULL;
+    if ((s = resolve_output(o->output, &out_real))) return s;
+    if (out_real) {                     /* from here on the link's target */
+        o_real = *o;
+        o_real.output = out_real;
+        R->o = o = &o_real;
+    }
     R->store_path = o->store;
     if (o->progress) {
         fst_run_progress p = {.phase = FST_RUN_PREPARING, .eta_s = -1};
@@ -1628,6 +1708,9 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
         notice(R, "warning: %s:%llu: an image paired with itself (%llu such pair%s): matched "
                "as hloc does", o->pairs, (unsigned long long)pi->first_self_line,
                (unsigned long long)pi->self_pairs, pi->self_pairs > 1 ? "s" : "");
+    stats->pairs_bom = pi->bom;
+    if (pi->bom)
+        notice(R, "note: %s: removed the UTF-8 byte-order mark at its start", o->pairs);
     {
         fst_store *st = NULL;
         FST_TRY(fst_store_open(o->store, 0, &st));
@@ -1643,11 +1726,20 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     /* `<out>.query-<pid>.fst` (and its lock and temporaries) of dead runs */
     fst__remove_stale(o->output, ".query-", (const char *const[]){".fst*", NULL}, false);
     FST_TRY(plan_devices(R));
+    /* a typo in --backend-params stops here, before any journal or worker */
+    if ((s = fst_backend_check_params(R->cuda ? "cuda" : "cpu", o->backend_params))) {
+        s = fst__failpre(s, "--backend-params %s: ", o->backend_params);
+        goto out;
+    }
     char qid[256] = "";
     if (o->query) FST_TRY(setup_query(R, qid, sizeof qid));
     drop = calloc(fst_pairs_nnames(R->pairs) + 1, sizeof *drop);
     if (!drop) { s = fst__fail(FST_ENOMEM, "names"); goto out; }
     FST_TRY(check_names(R, drop));
+    if ((s = fst_pairs_check_keys(R->pairs, drop))) {
+        s = fst__failpre(s, "%s: ", o->pairs);
+        goto out;
+    }
     {
         char t[32];
         snprintf(t, sizeof t, "threads=%u", o->threads ? o->threads : 1);
@@ -1803,6 +1895,7 @@ out:
     free(R->query_tmp);
     free(R->jpath);
     free(R->key);
+    free(out_real);
     free(params);
     free(drop);
     fst__strtab_free(&existing);

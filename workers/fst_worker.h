@@ -43,7 +43,9 @@ typedef struct fst_pair {
 
 /* What parsing saw. */
 typedef struct fst_pairs_info {
-    uint64_t lines;          /* pair lines read (blank and # lines not counted) */
+    uint64_t lines;          /* pair lines read (blank and comment lines not counted) */
+    uint64_t comments;       /* '#' lines that are not pairs (see fst_pairs_parse) */
+    uint64_t bom;            /* 1: a UTF-8 byte-order mark at the start, removed */
     uint64_t duplicates;     /* dropped: the same (name0, name1) again */
     uint64_t reversed;       /* dropped: (name1, name0) already kept */
     uint64_t self_pairs;     /* kept pairs of an image with itself */
@@ -53,9 +55,13 @@ typedef struct fst_pairs_info {
 
 /* fst_pairs_parse() :
  * Read hloc's pairs file `path`: one pair `name0 name1` per line, fields
- * separated by spaces or tabs. Blank lines, lines whose first non-blank
- * character is '#', trailing blanks, CRLF line ends and a missing final
- * newline are accepted. Pairs come out in hloc's order and orientation
+ * separated by spaces or tabs. Like hloc (`q, r = p.split()`), every line of
+ * two names is a pair, whatever its first character: `#1.jpg b.jpg` is the
+ * pair (#1.jpg, b.jpg). A line hloc would refuse because it does not hold
+ * two names is a comment if its first non-blank character is '#'
+ * (`# retrieval, top 20`, `#` alone), else an error. Blank lines, trailing
+ * blanks, CRLF line ends, a UTF-8 byte-order mark at the start (removed,
+ * info.bom) and a missing final newline are accepted. Pairs come out in hloc's order and orientation
  * (match_features: parse_retrieval groups pairs by first name in order of
  * first appearance; find_unique_new_pairs keeps (i, j) unless (j, i) was
  * kept; exact duplicates collapse). Self pairs are kept (counted in info).
@@ -80,6 +86,16 @@ fst_pair        fst_pairs_get(const fst_pairs *p, size_t i);
 size_t          fst_pairs_nnames(const fst_pairs *p);
 const char     *fst_pairs_name(const fst_pairs *p, uint32_t id);
 const fst_pairs_info *fst_pairs_stats(const fst_pairs *p);
+
+/* fst_pairs_check_keys() :
+ * Refuse two unique pairs that would be written to one matches.h5 key.
+ * hloc's names_to_pair replaces '/' by '-' in each name, so (x/y.jpg, b.jpg)
+ * and (x-y.jpg, b.jpg) both have the key "x-y.jpg/b.jpg", and one would
+ * overwrite the other. Pairs naming an image whose skip[id] is true are left
+ * out (skip: one flag per name id, or NULL).
+ * @return FST_OK; FST_EEXIST (the detail names both pairs, the two images
+ *         and the key, and counts the colliding pairs); FST_ENOMEM. */
+fst_status fst_pairs_check_keys(const fst_pairs *p, const bool *skip);
 
 /* fst_pair_key() :
  * hloc's names_to_pair(name0, name1, separator=sep): each name with '/'
@@ -181,6 +197,7 @@ typedef struct fst_run_stats {
     uint64_t pairs_written;    /* pairs written into the output file */
     uint64_t matches;          /* sum of matches over pairs_matched */
     uint64_t names_missing;    /* distinct unknown image names */
+    uint64_t pairs_bom;        /* 1: pairs file began with a UTF-8 BOM (removed) */
     /* time */
     double   wall_s;           /* the whole call */
     double   match_s;          /* first worker spawned to last result */

@@ -189,6 +189,73 @@ size_t fst_pairs_nnames(const fst_pairs *p) { return p->names.n; }
 const char *fst_pairs_name(const fst_pairs *p, uint32_t id) { return fst__strtab_str(&p->names, id); }
 const fst_pairs_info *fst_pairs_stats(const fst_pairs *p) { return &p->info; }
 
+fst_status fst_pairs_check_keys(const fst_pairs *p, const bool *skip)
+{
+    fst_status s = FST_OK;
+    fst__strtab parts = {0};
+    fst__u64set seen = {0};
+    char *buf = NULL;
+    size_t cap = 0;
+    uint32_t *part = malloc((p->names.n ? p->names.n : 1) * sizeof *part);
+    if (!part) return fst__fail(FST_ENOMEM, "pair keys of %zu names", p->names.n);
+    /* Each name's key part (hloc: name.replace('/', '-')) as an id: names
+     * that differ only by '/' and '-' share one. */
+    bool shared = false;
+    for (uint32_t id = 0; id < p->names.n; id++) {
+        const char *nm = fst__strtab_str(&p->names, id);
+        size_t n = p->names.len[id];
+        if (n + 1 > cap) {
+            char *b = realloc(buf, (n + 1) * 2);
+            if (!b) { s = fst__fail(FST_ENOMEM, "pair keys"); goto out; }
+            buf = b;
+            cap = (n + 1) * 2;
+        }
+        for (size_t i = 0; i < n; i++) buf[i] = nm[i] == '/' ? '-' : nm[i];
+        int added;
+        FST_TRY(fst__strtab_intern(&parts, buf, n, &part[id], &added));
+        shared |= !added;
+    }
+    if (!shared) goto out;   /* the usual case: no two names can collide */
+    /* Keys use '/' between the parts, and parts have none: two pairs share
+     * a key exactly when they share both parts. */
+    uint64_t collisions = 0;
+    size_t first = SIZE_MAX;
+    for (size_t k = 0; k < p->n; k++) {
+        fst_pair a = p->pairs[k];
+        if (skip && (skip[a.i0] || skip[a.i1])) continue;
+        int r = fst__u64set_add(&seen, (uint64_t)part[a.i0] << 32 | part[a.i1]);
+        if (r < 0) { s = (fst_status)r; goto out; }
+        if (r == 0 && !collisions++) first = k;
+    }
+    if (!collisions) goto out;
+    fst_pair b = p->pairs[first], a = b;
+    for (size_t e = 0; e < first; e++) {
+        a = p->pairs[e];
+        if (!(skip && (skip[a.i0] || skip[a.i1])) && part[a.i0] == part[b.i0] &&
+            part[a.i1] == part[b.i1])
+            break;
+    }
+    const char *a0 = fst__strtab_str(&p->names, a.i0), *a1 = fst__strtab_str(&p->names, a.i1);
+    const char *b0 = fst__strtab_str(&p->names, b.i0), *b1 = fst__strtab_str(&p->names, b.i1);
+    size_t kn = fst_pair_key(a0, a1, '/', NULL, 0);
+    char *key = malloc(kn + 1);
+    if (!key) { s = fst__fail(FST_ENOMEM, "pair keys"); goto out; }
+    fst_pair_key(a0, a1, '/', key, kn + 1);
+    s = fst__fail(FST_EEXIST, "pairs (%s, %s) and (%s, %s) would both be written to the "
+                  "matches.h5 key '%s' (hloc's names_to_pair replaces '/' by '-'), one over "
+                  "the other: images %s and %s cannot be told apart there%s%llu colliding "
+                  "pair%s in all; rename one of each such image",
+                  a0, a1, b0, b1, key, a.i0 != b.i0 ? a0 : a1, a.i0 != b.i0 ? b0 : b1,
+                  "; ", (unsigned long long)collisions, collisions > 1 ? "s" : "");
+    free(key);
+out:
+    free(part);
+    free(buf);
+    fst__strtab_free(&parts);
+    fst__u64set_free(&seen);
+    return s;
+}
+
 uint32_t fst__pairs_find(const fst_pairs *p, const char *name)
 {
     return fst__strtab_find(&p->names, name, strlen(name));
@@ -234,6 +301,13 @@ fst_status fst_pairs_parse_mem(const char *text, size_t len, const char *fname, 
     fst_pairs *p = calloc(1, sizeof *p);
     if (!p) return fst__fail(FST_ENOMEM, "%s", fname);
     p->info.hash = fst__hash_bytes(text, len);
+    /* A UTF-8 byte-order mark (Windows editors write one) would otherwise
+     * become part of the first name, invisibly. */
+    if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) {
+        text += 3;
+        len -= 3;
+        p->info.bom = 1;
+    }
 
     uint64_t lineno = 0;
     uint32_t nranks = 0;
@@ -246,7 +320,7 @@ fst_status fst_pairs_parse_mem(const char *text, size_t len, const char *fname, 
         while (q < le && blank(*q)) q++;
         const char *e = le;
         while (e > q && blank(e[-1])) e--;
-        if (q < e && *q != '#') {
+        if (q < e) {
             if (memchr(q, '\0', (size_t)(e - q))) {
                 s = fst__fail(FST_EFORMAT, "%s:%llu: NUL byte in the line", fname,
                               (unsigned long long)lineno);
@@ -265,22 +339,28 @@ fst_status fst_pairs_parse_mem(const char *text, size_t len, const char *fname, 
                 nf++;
                 while (c < e && blank(*c)) c++;
             }
-            if (nf != 2) {
+            /* hloc splits every line in two (`q, r = p.split()`) and has no
+             * comments: a line of two names is a pair, '#' or not. A '#' line
+             * hloc would refuse (one name, or three and more) is a comment. */
+            if (nf != 2 && *q == '#') {
+                p->info.comments++;
+            } else if (nf != 2) {
                 s = bad_line(fname, lineno, nf, q, (size_t)(e - q));
                 goto out;
+            } else {
+                uint32_t a, b;
+                FST_TRY(fst__strtab_intern(&p->names, f[0], fl[0], &a, NULL));
+                FST_TRY(fst__strtab_intern(&p->names, f[1], fl[1], &b, NULL));
+                while (rank.n < p->names.n)
+                    FST_TRY(u32_push(&rank, UINT32_MAX));
+                if (rank.p[a] == UINT32_MAX)
+                    rank.p[a] = nranks++;
+                FST_TRY(u32_push(&lq, a));
+                FST_TRY(u32_push(&lr, b));
+                p->info.lines++;
+                if (a == b && !p->info.first_self_line)
+                    p->info.first_self_line = lineno;
             }
-            uint32_t a, b;
-            FST_TRY(fst__strtab_intern(&p->names, f[0], fl[0], &a, NULL));
-            FST_TRY(fst__strtab_intern(&p->names, f[1], fl[1], &b, NULL));
-            while (rank.n < p->names.n)
-                FST_TRY(u32_push(&rank, UINT32_MAX));
-            if (rank.p[a] == UINT32_MAX)
-                rank.p[a] = nranks++;
-            FST_TRY(u32_push(&lq, a));
-            FST_TRY(u32_push(&lr, b));
-            p->info.lines++;
-            if (a == b && !p->info.first_self_line)
-                p->info.first_self_line = lineno;
         }
         l = nl ? nl + 1 : end;
     }
