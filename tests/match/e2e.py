@@ -23,6 +23,10 @@ command as a user would ($FEATSTORE), and reads the output the way hloc does
   devices           --device cpu/cuda/cuda:N/auto on any build and machine
   fake_gpus         the GPU plumbing (one device per worker, fallbacks) with
                     FST_TEST_FAKE_CUDA
+  hloc_keys         colliding matches.h5 keys refused; '#1.jpg b.jpg' is a
+                    pair; a UTF-8 byte-order mark removed and counted
+  output_paths      -o through a symbolic link; -o naming a features file
+  messages          device strings, --backend-params keys, settings as written
 """
 import json
 import os
@@ -271,7 +275,7 @@ def case_pairs(w):
     n = sorted(imgs)
     a, b, c, d, e, f = n
     text = (f"# a comment\n\n   \n{a} {b}\r\n{b}\t{c}   \n  {a} {c}\n{c} {a}\n{a} {b}\n"
-            f"{b} {a}\n{d} {d}\n{d} {d}\n# another\n{e} {f}\n{a} {e}\n{f} {e}")   # no final \n
+            f"{b} {a}\n{d} {d}\n{d} {d}\n# another comment\n{e} {f}\n{a} {e}\n{f} {e}")   # no final \n
     pairs = w.write("pairs.txt", text, mode="w")
     expect = hloc_io.hloc_pairs(text.replace("\r", ""))
     # grouping by first name: a's pairs first, then b's, c's...; (c,a), (b,a),
@@ -298,7 +302,7 @@ def case_pairs(w):
     assert r.returncode == 0, r.stderr
     assert_same_output(out, out2)
     # an empty pairs file: an empty matches.h5
-    empty = w.write("empty.txt", "# nothing\n")
+    empty = w.write("empty.txt", "# nothing here\n#\n")
     out3 = w.p("m3.h5")
     js, _ = match(store, empty, out3)
     assert js["pairs"] == 0 and os.path.exists(out3) and not pair_keys(out3), js
@@ -734,6 +738,180 @@ def case_fake_gpus(w):
     js, r, out, ids = fake("auto", "0,1", "none", "--device", "auto")
     assert js["backend"] == "cpu" and "no usable CUDA device" in r.stderr, (js, r.stderr)
     assert_same_output(out, ref)
+
+
+def case_hloc_keys(w):
+    """Pairs are never lost silently (issue 10, items 3, 4, 11g): names
+    whose matches.h5 keys collide are refused before matching; a line of two
+    names starting with '#' is a pair, as in hloc; a UTF-8 byte-order mark is
+    removed and counted."""
+    imgs = make_images(n_images=4, extra=False, prefix="img")
+    a, b, c, d = sorted(imgs)
+    imgs["x/y.jpg"], imgs["x-y.jpg"], imgs["#1.jpg"] = imgs[a], imgs[b], imgs[c]
+    h5 = w.p("features.h5")
+    write_features(h5, imgs)
+    store = w.p("db.fst")
+    run(["import", h5, store, "--quiet"])
+    feats = hloc_io.load_features(h5)
+    # 3. x/y.jpg and x-y.jpg both give the key "x-y.jpg/<d>": refused, both
+    # pairs, both images and the key named, nothing written or journaled
+    text = f"{a} {b}\nx/y.jpg {d}\n{a} {c}\nx-y.jpg {d}\n"
+    pairs = w.write("collide.txt", text)
+    out = w.p("m.h5")
+    r = run(["match", store, pairs, "-o", out, "--workers", "1"], expect=1)
+    for t in (f"(x/y.jpg, {d}) and (x-y.jpg, {d})", f"'x-y.jpg/{d}'",
+              "images x/y.jpg and x-y.jpg", "1 colliding pair in all"):
+        assert t in r.stderr, (t, r.stderr)
+    assert not leftovers(w, out), leftovers(w, out)
+    # ... in the other orientation, and as first and second name at once
+    pairs = w.write("collide2.txt", f"{d} x/y.jpg\n{d} x-y.jpg\nx/y.jpg x/y.jpg\n"
+                                    "x-y.jpg x-y.jpg\n")
+    r = run(["match", store, pairs, "-o", out, "--workers", "1"], expect=1)
+    assert f"'{d}/x-y.jpg'" in r.stderr and "2 colliding pairs in all" in r.stderr, r.stderr
+    # hloc's de-duplication comes first: (x/y, d) and its reverse are one pair
+    pairs = w.write("nocollide.txt", f"x/y.jpg {d}\n{d} x/y.jpg\nx-y.jpg {a}\n")
+    js, _ = match(store, pairs, out, "--workers", "1")
+    assert js["pairs"] == 2 and pair_keys(out) == {f"x-y.jpg/{d}", f"x-y.jpg/{a}"}, js
+    os.unlink(out)
+    # ... and pairs dropped by --skip-missing are not written, so cannot collide
+    pairs = w.write("skipped.txt", f"x/y.jpg nosuch.jpg\nx-y.jpg nosuch.jpg\n{a} {b}\n")
+    js, _ = match(store, pairs, out, "--workers", "1", "--skip-missing")
+    assert js["pairs"] == 1 and js["pairs_missing"] == 2, js
+    os.unlink(out)
+
+    # 4. '#1.jpg b.jpg' is a pair (hloc: `q, r = p.split()`); '#' lines hloc
+    # would refuse (one name, three or more) are comments
+    text = (f"# retrieval pairs, top 2\n#\n#1.jpg {a}\n  #1.jpg\t{b}\n{a} #1.jpg\n"
+            f"#{a} {b} {c}\n{c} {d}\n")
+    pairs = w.write("hash.txt", text)
+    expect = hloc_io.hloc_pairs(text)
+    assert expect == [("#1.jpg", a), ("#1.jpg", b), (c, d)], expect
+    js, _ = match(store, pairs, out, "--workers", "1")
+    assert js["pairs"] == 3 and js["pairs_lines"] == 4 and js["pairs_bom"] == 0, js
+    assert pair_keys(out) == {hloc_io.names_to_pair(x, y) for x, y in expect}, pair_keys(out)
+    check_against_hloc(out, feats, expect, hloc_io.PRESETS["NN-mutual"])
+    os.unlink(out)
+    # a '#' line of two unknown names is a pair too: an error, never skipped
+    pairs = w.write("hash2.txt", f"{a} {b}\n# nothing\n")
+    r = run(["match", store, pairs, "-o", out, "--workers", "1"], expect=1)
+    assert "'#', 'nothing'" in r.stderr and "are not in" in r.stderr, r.stderr
+
+    # 11g. a UTF-8 byte-order mark before the first name: removed, said, counted
+    text = f"\ufeff{a} {b}\n{b} {c}\n"
+    pairs = w.write("bom.txt", text, mode="w")
+    with open(pairs, "rb") as f:
+        assert f.read(3) == b"\xef\xbb\xbf"
+    r = run(["match", store, pairs, "-o", out, "--json", "--workers", "1"])
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["pairs"] == 2 and js["pairs_bom"] == 1, js
+    assert "removed the UTF-8 byte-order mark" in r.stderr, r.stderr
+    assert pair_keys(out) == {hloc_io.names_to_pair(a, b), hloc_io.names_to_pair(b, c)}
+
+
+def case_output_paths(w):
+    """-o through a symbolic link writes where it points; -o naming a
+    features file is refused (issue 10, item 10)."""
+    h5, store, feats, imgs = dataset(w, n_images=5, extra=False)
+    n = sorted(imgs)
+    text = f"{n[0]} {n[1]}\n{n[1]} {n[2]}\n{n[2]} {n[3]}\n"
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref, "--workers", "1")
+    # a link, relative, to a file in another folder that does not exist yet
+    os.mkdir(w.p("real"))
+    link = w.p("link.h5")
+    os.symlink(os.path.join("real", "m.h5"), link)
+    js, _ = match(store, pairs, link, "--workers", "1")
+    assert os.path.islink(link) and os.readlink(link) == os.path.join("real", "m.h5")
+    assert js["pairs"] == 3 and os.path.isfile(w.p("real", "m.h5")), js
+    assert_same_output(w.p("real", "m.h5"), ref)
+    # again, through a link to the link, with new pairs: the target is updated
+    link2 = w.p("link2.h5")
+    os.symlink("link.h5", link2)
+    pairs2 = w.write("pairs2.txt", text + f"{n[3]} {n[4]}\n")
+    js, _ = match(store, pairs2, link2, "--workers", "1")
+    assert js["pairs"] == 1 and js["pairs_existing"] == 3, js
+    assert os.path.islink(link) and os.path.islink(link2)
+    assert len(pair_keys(w.p("real", "m.h5"))) == 4
+    # interrupted: the journal is beside the target, and the same command resumes
+    os.unlink(w.p("real", "m.h5"))
+    logp = w.p("log.txt")
+    p = start(["match", store, pairs2, "-o", link2, "--workers", "1", "--batch", "1"],
+              slow_env(logp, ms=300))
+    wait_lines(logp, 1, p)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=60)
+    assert os.path.exists(w.p("real", "m.h5.journal")), os.listdir(w.p("real"))
+    assert not os.path.exists(w.p("link2.h5.journal")) and not os.path.exists(w.p("link.h5.journal"))
+    js, _ = match(store, pairs2, link2, "--workers", "1")
+    assert js["pairs_resumed"] >= 1 and os.path.islink(link2), js
+    assert sorted(os.listdir(w.p("real"))) == ["m.h5"], os.listdir(w.p("real"))
+    assert len(pair_keys(w.p("real", "m.h5"))) == 4
+
+    # a features file as the output: refused, naming a group, left unchanged
+    with open(h5, "rb") as f:
+        before = f.read()
+    for extra in ([], ["--overwrite"]):
+        r = run(["match", store, pairs, "-o", h5, "--workers", "1", *extra], expect=1)
+        assert "holds hloc features" in r.stderr and f"/{n[0]}/descriptors" in r.stderr, r.stderr
+        with open(h5, "rb") as f:
+            assert f.read() == before
+        assert leftovers(w, h5) == ["features.h5"], leftovers(w, h5)
+    # nested image names: features deeper in the file are found too
+    nested = w.p("nested.h5")
+    write_features(nested, {"db/seq/a.jpg": unit(48, 30)})
+    r = run(["match", store, pairs, "-o", nested, "--workers", "1"], expect=1)
+    assert "(/db/seq/a.jpg/" in r.stderr, r.stderr
+
+
+def case_messages(w):
+    """Messages that say what is wrong (issue 10, item 11): malformed device
+    strings are usage errors; unknown --backend-params keys are refused
+    before any worker or journal; settings print as written."""
+    h5, store, feats, imgs = dataset(w, n_images=4, extra=False)
+    n = sorted(imgs)
+    pairs = w.write("pairs.txt", f"{n[0]} {n[1]}\n{n[1]} {n[2]}\n{n[2]} {n[3]}\n")
+    out = w.p("m.h5")
+    # 11b
+    for dev in ["", "cuda:", "cuda:-1", "cuda:0,", "cuda:,1", "cuda:1x", "cuda:+1", "gpu",
+                "cuda0", " cuda"]:
+        r = run(["match", store, pairs, "-o", out, "--device", dev], expect=2)
+        assert f"--device '{dev}': expected cpu, cuda, cuda:N" in r.stderr, (dev, r.stderr)
+        assert "usage: featstore match" in r.stderr, r.stderr
+        assert not leftovers(w, out), (dev, leftovers(w, out))
+    # 11d: refused before workers start, no journal left
+    for prm, key in [("thread=2", "thread"), ("threads=1,cache_mb=4", "cache_mb")]:
+        r = run(["match", store, pairs, "-o", out, "--device", "cpu", "--backend-params", prm],
+                expect=1)
+        assert f"unknown parameter '{key}' (known: threads, isa)" in r.stderr, r.stderr
+        assert "worker" not in r.stderr, r.stderr
+        assert not leftovers(w, out), leftovers(w, out)
+    r = run(["match", store, pairs, "-o", out, "--device", "cpu", "--backend-params", "oops"],
+            expect=1)
+    assert "malformed parameter 'oops'" in r.stderr and not leftovers(w, out), r.stderr
+    js, _ = match(store, pairs, out, "--device", "cpu", "--backend-params", "threads=2,isa=auto")
+    assert js["pairs"] == 3, js
+    os.unlink(out)
+    # 11c: an interrupted run's settings, compared with the new ones
+    logp = w.p("log.txt")
+    pairs = w.write("all.txt", "".join(f"{x} {y}\n" for x in n for y in n if x < y))
+    p = start(["match", store, pairs, "-o", out, "--workers", "1", "--batch", "1",
+               "--ratio-threshold", "0.8", "--distance-threshold", "0.7"], slow_env(logp, ms=300))
+    wait_lines(logp, 1, p)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=60)
+    assert os.path.exists(out + ".journal"), (p.returncode, p.stderr.read())
+    r = run(["match", store, pairs, "-o", out, "--workers", "1", "--ratio-threshold", "0.9",
+             "--distance-threshold", "0.7"], expect=1)
+    assert "ratio_threshold was '0.8', now '0.9'" in r.stderr, r.stderr
+    r = run(["match", store, pairs, "-o", out, "--workers", "1", "--ratio-threshold", "0.8",
+             "--distance-threshold", "0.1"], expect=1)
+    assert "distance_threshold was '0.7', now '0.1'" in r.stderr, r.stderr
+    assert "0000000" not in r.stderr, r.stderr
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}

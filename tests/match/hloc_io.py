@@ -70,11 +70,16 @@ def get_matches(path, name0, name1):
 # ---- hloc/utils/parsers.py + match_features.py ------------------------------
 
 def parse_retrieval(text):
-    """hloc's parse_retrieval on a string, with featstore's extensions:
-    '#' comment lines and blank (whitespace-only) lines are skipped."""
+    """hloc's parse_retrieval on a string, with featstore's extensions,
+    which read no line differently from hloc: a UTF-8 byte-order mark at the
+    start is removed; blank (whitespace-only) lines, and '#' lines that do
+    not hold two names (hloc would refuse them), are skipped. A '#' line of
+    two names is a pair, as in hloc."""
     retrieval = defaultdict(list)
+    if text.startswith("\ufeff"):
+        text = text[1:]
     for p in text.rstrip("\n").split("\n"):
-        if len(p.strip()) == 0 or p.strip().startswith("#"):
+        if len(p.strip()) == 0 or (p.strip().startswith("#") and len(p.split()) != 2):
             continue
         q, r = p.split()
         retrieval[q].append(r)
