@@ -680,6 +680,32 @@ FST_TEST(backend_params_and_presets)
     ASSERT_TRUE(o.distance_threshold == keep.distance_threshold);
 }
 
+FST_TEST(backend_params_checked_without_opening)
+{
+    /* the match coordinator refuses a typo before any worker or journal */
+    ASSERT_OK(fst_backend_check_params("cpu", NULL));
+    ASSERT_OK(fst_backend_check_params("cpu", ""));
+    ASSERT_OK(fst_backend_check_params("cpu", " threads = 2 , isa=scalar,"));
+    ASSERT_STATUS(fst_backend_check_params("cpu", "threads=2,thread=1"), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "unknown parameter 'thread' (known: threads, isa)");
+    ASSERT_STATUS(fst_backend_check_params("cpu", "cache_mb=4"), FST_EINVAL);
+    ASSERT_STATUS(fst_backend_check_params("cpu", "threads"), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "malformed parameter 'threads'");
+    /* every key the CPU check accepts, the CPU backend opens with */
+    fst_backend *be = NULL;
+    ASSERT_OK(fst_backend_open("cpu", NULL, "threads=1,isa=auto", &be));
+    fst_backend_close(be);
+    /* CUDA's keys, checked the same way on any build (no module loaded) */
+    ASSERT_OK(fst_backend_check_params("cuda", "device=0,cache_mb=64,headroom_mb=1,share=2,"
+                                       "sim_mb=8,ring_mb=8,transfer=ring,tf32=1,pad=128,"
+                                       "timeout_s=5,profile=1"));
+    ASSERT_STATUS(fst_backend_check_params("cuda", "cachemb=64"), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "cuda backend: unknown parameter 'cachemb'");
+    ASSERT_STATUS(fst_backend_check_params("cuda", "threads=2"), FST_EINVAL);
+    ASSERT_STATUS(fst_backend_check_params("tpu", ""), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "unknown backend 'tpu'");
+}
+
 FST_TEST(param_walker)
 {
     const char *p = "a=1,,bb= two ,c=";

@@ -78,7 +78,7 @@ FST_TEST(pairs_format_quirks)
 {
     /* comments, blank and blank-only lines, CRLF, tabs, leading and
      * trailing blanks, no final newline */
-    fst_pairs *p = parse("# header\n\n  \t \na b\r\n\tc\td  \r\n# x y z\n  e   f");
+    fst_pairs *p = parse("# the header\n\n  \t \na b\r\n\tc\td  \r\n# x y z\n  e   f");
     ASSERT_TRUE(p);
     ASSERT_STREQ(pairs_str(p), "a b;c d;e f");
     ASSERT_EQ(fst_pairs_stats(p)->lines, 3);
@@ -88,7 +88,7 @@ FST_TEST(pairs_format_quirks)
     ASSERT_TRUE(p);
     ASSERT_EQ(fst_pairs_count(p), 0);
     fst_pairs_free(p);
-    p = parse("# nothing\n\n");
+    p = parse("# nothing here\n#\n\n");
     ASSERT_TRUE(p);
     ASSERT_EQ(fst_pairs_count(p), 0);
     fst_pairs_free(p);
@@ -96,6 +96,79 @@ FST_TEST(pairs_format_quirks)
     p = parse("db/seq-1/x#1.jpg q_2.png\n");
     ASSERT_TRUE(p);
     ASSERT_STREQ(pairs_str(p), "db/seq-1/x#1.jpg q_2.png");
+    fst_pairs_free(p);
+}
+
+FST_TEST(pairs_hash_lines_of_two_names_are_pairs_as_in_hloc)
+{
+    /* hloc: `q, r = p.split()` on every line, no comments. A '#' line of
+     * two names is a pair; '#' lines hloc would refuse are comments. */
+    fst_pairs *p = parse("# retrieval top 2\n#1.jpg b.jpg\n  #\n\t#only\n# x\n#a b c d\n"
+                         "b.jpg #1.jpg\n");
+    ASSERT_TRUE(p);
+    ASSERT_STREQ(pairs_str(p), "#1.jpg b.jpg;# x");
+    ASSERT_EQ(fst_pairs_stats(p)->lines, 3);
+    ASSERT_EQ(fst_pairs_stats(p)->reversed, 1);
+    ASSERT_EQ(fst_pairs_stats(p)->comments, 4);
+    fst_pairs_free(p);
+    /* a line not starting with '#' keeps being an error */
+    fst_pairs *q = NULL;
+    const char *bad = "a b\nx #y z\n";
+    ASSERT_STATUS(fst_pairs_parse_mem(bad, strlen(bad), "pairs.txt", &q), FST_EFORMAT);
+    ASSERT_CONTAINS(fst_errdetail(), "pairs.txt:2:");
+}
+
+FST_TEST(pairs_utf8_bom_at_the_start_removed_and_counted)
+{
+    fst_pairs *p = parse("\xEF\xBB\xBF" "a.jpg b.jpg\nb.jpg c.jpg\n");
+    ASSERT_TRUE(p);
+    ASSERT_STREQ(pairs_str(p), "a.jpg b.jpg;b.jpg c.jpg");
+    ASSERT_EQ(fst_pairs_stats(p)->bom, 1);
+    fst_pairs_free(p);
+    /* only at the start: elsewhere those bytes are part of a name */
+    p = parse("a.jpg b.jpg\n\xEF\xBB\xBF" "c.jpg d.jpg\n");
+    ASSERT_TRUE(p);
+    ASSERT_EQ(fst_pairs_stats(p)->bom, 0);
+    ASSERT_STREQ(fst_pairs_name(p, fst_pairs_get(p, 1).i0), "\xEF\xBB\xBF" "c.jpg");
+    fst_pairs_free(p);
+    p = parse("\xEF\xBB\xBF");
+    ASSERT_TRUE(p);
+    ASSERT_EQ(fst_pairs_count(p), 0);
+    ASSERT_EQ(fst_pairs_stats(p)->bom, 1);
+    fst_pairs_free(p);
+}
+
+FST_TEST(pairs_colliding_keys_refused)
+{
+    /* x/y.jpg and x-y.jpg: the same key part under hloc's names_to_pair */
+    fst_pairs *p = parse("a.jpg b.jpg\nx/y.jpg b.jpg\nc.jpg d.jpg\nx-y.jpg b.jpg\n"
+                         "b.jpg x-y.jpg\nq/r/s.jpg t.jpg\nq-r/s.jpg t.jpg\n");
+    ASSERT_TRUE(p);
+    ASSERT_STATUS(fst_pairs_check_keys(p, NULL), FST_EEXIST);
+    ASSERT_CONTAINS(fst_errdetail(), "(x/y.jpg, b.jpg) and (x-y.jpg, b.jpg)");
+    ASSERT_CONTAINS(fst_errdetail(), "'x-y.jpg/b.jpg'");
+    ASSERT_CONTAINS(fst_errdetail(), "images x/y.jpg and x-y.jpg");
+    ASSERT_CONTAINS(fst_errdetail(), "2 colliding pairs in all");
+    /* pairs left out (unknown images under --skip-missing) cannot collide */
+    bool skip[16] = {false};
+    ASSERT_TRUE(fst_pairs_nnames(p) <= 16);
+    skip[fst__pairs_find(p, "x-y.jpg")] = true;
+    skip[fst__pairs_find(p, "q-r/s.jpg")] = true;
+    ASSERT_OK(fst_pairs_check_keys(p, skip));
+    skip[fst__pairs_find(p, "q-r/s.jpg")] = false;
+    ASSERT_STATUS(fst_pairs_check_keys(p, skip), FST_EEXIST);
+    ASSERT_CONTAINS(fst_errdetail(), "'q-r-s.jpg/t.jpg'");
+    ASSERT_CONTAINS(fst_errdetail(), "1 colliding pair in all");
+    fst_pairs_free(p);
+    /* the same look-alike names in pairs with different partners are fine,
+     * and so is a pair and its reverse (hloc's de-duplication first) */
+    p = parse("x/y.jpg b.jpg\nx-y.jpg c.jpg\nb.jpg x/y.jpg\nb.jpg x-y.jpg\n");
+    ASSERT_TRUE(p);
+    ASSERT_OK(fst_pairs_check_keys(p, NULL));
+    fst_pairs_free(p);
+    p = parse("");
+    ASSERT_TRUE(p);
+    ASSERT_OK(fst_pairs_check_keys(p, NULL));
     fst_pairs_free(p);
 }
 

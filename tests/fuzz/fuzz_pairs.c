@@ -5,13 +5,50 @@
  * are non-empty, NUL-terminated, without blanks; no pair appears twice in
  * either orientation; the counts add up (unique + duplicates + reversed =
  * lines); pair keys (hloc's names_to_pair) are consistent with
- * snprintf-style sizing. On failure: FST_EFORMAT or FST_ENOMEM with a
- * detail naming the line. */
+ * snprintf-style sizing. Like hloc (issue 10, item 4): every line of
+ * exactly two blank-separated fields is a pair line, '#' or not; the only
+ * lines skipped are blank ones and '#' lines of one or 3+ fields (counted
+ * as comments); a UTF-8 BOM is dropped only at the very start. On failure:
+ * FST_EFORMAT or FST_ENOMEM with a detail naming the line. */
 #include "fuzz_util.h"
 
 #include "fst_worker.h"
 
 #include <inttypes.h>
+
+static bool blank(uint8_t c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* Lines of the text as hloc splits them: (two-field lines, '#' lines of
+ * other field counts). Counted here independently of the parser. */
+static void count_lines(const uint8_t *d, size_t n, uint64_t *two, uint64_t *hash_other)
+{
+    *two = *hash_other = 0;
+    if (n >= 3 && d[0] == 0xEF && d[1] == 0xBB && d[2] == 0xBF) {
+        d += 3;
+        n -= 3;
+    }
+    size_t i = 0;
+    while (i < n) {
+        int nf = 0;
+        bool in = false, first = true, hash = false;
+        for (; i < n && d[i] != '\n'; i++) {
+            if (blank(d[i])) {
+                in = false;
+            } else {
+                if (!in) nf++;
+                if (first) hash = d[i] == '#';
+                in = true;
+                first = false;
+            }
+        }
+        i++;                               /* past the '\n' */
+        if (nf == 2) (*two)++;
+        else if (nf && hash) (*hash_other)++;
+    }
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -32,6 +69,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t np = fst_pairs_count(p), nn = fst_pairs_nnames(p);
     const fst_pairs_info *info = fst_pairs_stats(p);
     FUZZ_CHECK(np + info->duplicates + info->reversed == info->lines);
+    uint64_t two, hash_other;
+    count_lines(data, size, &two, &hash_other);
+    FUZZ_CHECK(info->lines == two);          /* no line hloc matches is skipped */
+    FUZZ_CHECK(info->comments == hash_other);
+    FUZZ_CHECK(info->bom == (size >= 3 && !memcmp(data, "\xEF\xBB\xBF", 3)));
     FUZZ_CHECK(nn <= 2 * np);
     for (size_t i = 0; i < nn; i++) {
         const char *n = fst_pairs_name(p, (uint32_t)i);
