@@ -362,8 +362,8 @@ def case_bad_input(w):
                  ["match", store, good, "-o", out, "--bogus"],
                  ["match", store, good, "-o", out, "--matches-dtype", "int8"]):
         run(args, expect=2)
-    r = run(["match", store, good, "-o", out, "--device", "gpu"], expect=1)
-    assert "--device gpu" in r.stderr, r.stderr
+    r = run(["match", store, good, "-o", out, "--device", "gpu"], expect=2)
+    assert "--device 'gpu'" in r.stderr, r.stderr
     nothing_written()
     # a store cut short (a copy interrupted): an error, not a crash
     trunc = w.p("trunc.fst")
@@ -650,8 +650,9 @@ def case_devices(w):
     out = w.p("m.h5")
     built = "CUDA backend built" in run([], expect=2).stderr
     log("CUDA backend", "built" if built else "not built")
-    r = run(["match", store, pairs, "-o", out, "--device", "cuda:x"], expect=1)
-    assert ("expected device numbers" if built else "built without") in r.stderr, r.stderr
+    # a malformed device string is a usage error, on any build (issue 10, 11b)
+    r = run(["match", store, pairs, "-o", out, "--device", "cuda:x"], expect=2)
+    assert "--device 'cuda:x': expected cpu, cuda, cuda:N" in r.stderr, r.stderr
     # no device: an error naming the problem, never a quiet CPU run
     r = run(["match", store, pairs, "-o", out, "--device", "cuda"], expect=1,
             env={"CUDA_VISIBLE_DEVICES": ""})
