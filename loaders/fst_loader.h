@@ -156,10 +156,11 @@ fst_status fst_matchfile_keys(const char *path, fst_matchfile_key_cb *cb,
 
 /* fst_matchfile_check_output() :
  * Refuse an existing `path` that holds hloc features rather than matches
- * (a dataset `keypoints` or `descriptors` anywhere, e.g. features.h5 given
- * as the output by mistake): writing pairs into it would add match groups
- * inside its image groups. Walks the file's links, stopping at the first
- * such dataset.
+ * (e.g. features.h5 given as the output by mistake): writing pairs into it
+ * would add match groups inside its image groups. Looks down the first
+ * group of each level (so nested image names too) for a `keypoints` or
+ * `descriptors` dataset: a few object headers whatever the file's size, so
+ * a file mixing features after matches is not caught.
  * @return FST_OK (not features); FST_EEXIST (the detail names the file and
  *         the dataset found); FST_EIO; FST_EFORMAT (not HDF5, damaged). */
 fst_status fst_matchfile_check_output(const char *path);

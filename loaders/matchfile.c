@@ -142,37 +142,62 @@ out:
 /* ---- refusing a features file as the output ---- */
 
 typedef struct feat_finder {
-    char where[512];
+    char found[512];      /* "/img.jpg/descriptors" once found */
+    char first[256];      /* the group's first child group, to go down into */
 } feat_finder;
 
-static herr_t find_feature(hid_t root, const char *name, const H5L_info_t *info, void *data)
+static herr_t scan_children(hid_t g, const char *name, const H5L_info_t *info, void *data)
 {
     feat_finder *ff = data;
     if (info->type != H5L_TYPE_HARD) return 0;
-    const char *base = strrchr(name, '/');
-    base = base ? base + 1 : name;
-    if (strcmp(base, "descriptors") && strcmp(base, "keypoints")) return 0;
-    if (obj_type(root, name) != H5O_TYPE_DATASET) return 0;
-    snprintf(ff->where, sizeof ff->where, "/%s", name);
-    return 1;                                /* found: stop */
+    bool feat = !strcmp(name, "descriptors") || !strcmp(name, "keypoints");
+    if (!feat && ff->first[0]) return 0;     /* names only: no object header read */
+    H5O_type_t t = obj_type(g, name);
+    if (feat && t == H5O_TYPE_DATASET) {
+        snprintf(ff->found, sizeof ff->found, "%s", name);
+        return 1;
+    }
+    if (t == H5O_TYPE_GROUP && !ff->first[0] && strlen(name) < sizeof ff->first)
+        snprintf(ff->first, sizeof ff->first, "%s", name);
+    return 0;
 }
 
 fst_status fst_matchfile_check_output(const char *path)
 {
     fst__h5_quiet q;
     fst__h5_quiet_begin(&q);
-    feat_finder ff = {{0}};
-    hid_t f = H5I_INVALID_HID;
+    hid_t f = H5I_INVALID_HID, g = H5I_INVALID_HID;
+    char where[1024] = "";
     fst_status s = fst__h5_open_read(path, &f, NULL, NULL);
     if (s) goto out;
-    herr_t rc = H5Lvisit(f, H5_INDEX_NAME, H5_ITER_INC, find_feature, &ff);
-    if (rc < 0)
-        s = fst__h5_fail(FST_EFORMAT, "%s: cannot list its groups", path);
-    else if (rc > 0)
-        s = fst__fail(FST_EEXIST, "output %s holds hloc features (%s), not matches: refusing "
-                      "to write match groups into it; name another output file", path,
-                      ff.where);
+    g = H5Gopen2(f, "/", H5P_DEFAULT);
+    /* Down the first child group of each level (root, image or first-name
+     * group, nested name parts...): a features file shows an image group
+     * within a few levels, a matches file only pair groups; the cost is a
+     * few object headers, whatever the file's size. */
+    for (int depth = 0; g >= 0 && depth < 64; depth++) {
+        feat_finder ff = {{0}, {0}};
+        if (H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, scan_children, &ff) < 0) {
+            s = fst__h5_fail(FST_EFORMAT, "%s: %s: cannot list group", path,
+                             where[0] ? where : "/");
+            goto out;
+        }
+        if (ff.found[0]) {
+            s = fst__fail(FST_EEXIST, "output %s holds hloc features (%s/%s), not matches: "
+                          "refusing to write match groups into it; name another output file",
+                          path, where, ff.found);
+            goto out;
+        }
+        if (!ff.first[0]) break;
+        size_t l = strlen(where);
+        snprintf(where + l, sizeof where - l, "/%s", ff.first);
+        hid_t c = H5Gopen2(g, ff.first, H5P_DEFAULT);
+        H5Gclose(g);
+        g = c;
+    }
+    fst__h5_clear();
 out:
+    if (g >= 0) H5Gclose(g);
     if (f >= 0) H5Fclose(f);
     fst__h5_quiet_end(&q);
     return s;
