@@ -140,7 +140,12 @@ typedef void fst_run_notice_cb(const char *msg, void *ctx);
 typedef struct fst_run_opts {
     const char *store;          /* the store (required) */
     const char *pairs;          /* pairs file (required) */
-    const char *output;         /* matches.h5 (required) */
+    const char *output;         /* matches.h5 (required). A symbolic link
+                                   is followed: its target is written (the
+                                   temporary file and the journal,
+                                   <target>.journal, beside it) and the
+                                   link stays. An existing file holding
+                                   features is refused (FST_EEXIST). */
     const char *query;          /* NULL, or an hloc features.h5 / a store
                                    holding the first image of every pair */
     const char *device;         /* "cpu", "cuda", "cuda:0,2", "auto" (NULL:
@@ -237,7 +242,8 @@ typedef struct fst_run_stats {
  *         FST_ENOTFOUND: unknown image names (detail lists the first few
  *           and the count);
  *         FST_EEXIST: a journal from a run with other parameters, or
- *           another run on the same output;
+ *           another run on the same output; two pairs with one matches.h5
+ *           key (fst_pairs_check_keys); an output holding features;
  *         FST_ENODEVICE: device asked for is not there;
  *         FST_EINVAL, FST_EFORMAT, FST_EIO, FST_EFULL, FST_ENOMEM...: the
  *           detail names the file or pair at fault. */
