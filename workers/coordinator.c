@@ -365,6 +365,7 @@ static fst_status check_names(run *R, bool *drop_name)
     }
     const char *big = NULL;
     uint32_t bign = 0;
+    bool hash_name = false;             /* a missing name from a '#' line? */
     for (uint32_t id = 0; id < nn; id++) {
         for (int side = 0; side < 2; side++) {
             if (!(need[id] & (1 << side))) continue;
@@ -373,6 +374,7 @@ static fst_status check_names(run *R, bool *drop_name)
             fst_status g = fst_reader_get(r, nm(R, id), &v);
             if (g == FST_ENOTFOUND) {
                 if (!drop_name[id]) nmissing++;
+                hash_name |= nm(R, id)[0] == '#';
                 if (!drop_name[id] && listed < 5) {
                     size_t l = strlen(list);
                     snprintf(list + l, sizeof list - l, "%s'%s'%s", listed ? ", " : "",
@@ -395,10 +397,12 @@ static fst_status check_names(run *R, bool *drop_name)
     R->st->names_missing = nmissing;
     if (nmissing && !o->skip_missing) {
         s = fst__fail(FST_ENOTFOUND, "%zu image%s named in %s %s not in %s%s: %s%s "
-                      "(--skip-missing drops their pairs)", nmissing, nmissing > 1 ? "s" : "",
+                      "(--skip-missing drops their pairs)%s", nmissing, nmissing > 1 ? "s" : "",
                       o->pairs, nmissing > 1 ? "are" : "is", R->store_path,
                       R->query_store ? " or the query" : "", list,
-                      nmissing > listed ? ", ..." : "");
+                      nmissing > listed ? ", ..." : "",
+                      hash_name ? "; a line of two names is a pair even if it starts with '#', "
+                                  "as in hloc" : "");
         goto out;
     }
     if (big) {

@@ -796,6 +796,7 @@ def case_hloc_keys(w):
     pairs = w.write("hash2.txt", f"{a} {b}\n# nothing\n")
     r = run(["match", store, pairs, "-o", out, "--workers", "1"], expect=1)
     assert "'#', 'nothing'" in r.stderr and "are not in" in r.stderr, r.stderr
+    assert "a line of two names is a pair even if it starts with '#'" in r.stderr, r.stderr
 
     # 11g. a UTF-8 byte-order mark before the first name: removed, said, counted
     text = f"\ufeff{a} {b}\n{b} {c}\n"
