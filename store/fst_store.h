@@ -41,7 +41,28 @@ typedef struct fst_store_meta {
     int64_t   source_mtime;         /* seconds since the epoch */
     int64_t   created;              /* seconds since the epoch */
     int64_t   modified;
+    /* Identity (format 1.1): 128 random bits drawn when the store was
+     * created (getrandom), kept by every append, and the generation, which
+     * every finished write advances (1 after the creating import). A store
+     * re-imported at the same path gets another id; a byte copy keeps it.
+     * A format 1.0 store has no id (has_id false) until its next append. */
+    bool      has_id;
+    uint8_t   id[16];
+    uint64_t  generation;
 } fst_store_meta;
+
+/* Length of fst_store_identity()'s text, NUL included. */
+#define FST_STORE_IDENTITY_LEN 160
+
+/* fst_store_identity() :
+ * What identifies the store's content, as text, into buf (at least
+ * FST_STORE_IDENTITY_LEN bytes): "id=<32 hex digits>" for a store with an
+ * id; for a format 1.0 store without one, a fallback that changes with
+ * any write (but not with a re-import of the same counts within one
+ * second): "legacy=<images>,<keypoints>,<bytes>,<created>,<modified>,<d>,
+ * <dtype>". The generation is not part of it (see fst_store_meta).
+ * Pure function; any thread. */
+void fst_store_identity(const fst_store_meta *m, char *buf);
 
 /* Flags of fst_store_open(). */
 enum {

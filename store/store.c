@@ -237,11 +237,40 @@ fst_status fst__meta_read(MDB_txn *txn, MDB_dbi meta, const char *path,
         m.source_size = v;
     if (fst__meta_u64(txn, meta, FST_META_SOURCE_MTIME, &v) == MDB_SUCCESS)
         m.source_mtime = (int64_t)v;
+    m.generation = g;
+    /* format 1.1: the store's id; a 1.0 store has none (an id of another
+     * size is damage, not an old store) */
+    MDB_val ik = { strlen(FST_META_STORE_ID), (void *)FST_META_STORE_ID }, iv;
+    rc = mdb_get(txn, meta, &ik, &iv);
+    if (rc == MDB_SUCCESS && iv.mv_size != sizeof m.id)
+        return fst__fail(FST_ECORRUPT, "%s: metadata '%s' has %zu bytes, not "
+                         "%zu", path, FST_META_STORE_ID, iv.mv_size,
+                         sizeof m.id);
+    if (rc && rc != MDB_NOTFOUND)
+        return fst__from_mdb(rc, "%s: reading metadata", path);
+    if (rc == MDB_SUCCESS) {
+        memcpy(m.id, iv.mv_data, sizeof m.id);
+        m.has_id = true;
+    }
     if (out)
         *out = m;
     if (gen)
         *gen = g;
     return FST_OK;
+}
+
+void fst_store_identity(const fst_store_meta *m, char *buf)
+{
+    if (m->has_id) {
+        char *p = buf + sprintf(buf, "id=");
+        for (size_t i = 0; i < sizeof m->id; i++)
+            p += sprintf(p, "%02x", m->id[i]);
+        return;
+    }
+    snprintf(buf, FST_STORE_IDENTITY_LEN, "legacy=%llu,%llu,%llu,%lld,%lld,%u,%u",
+             (unsigned long long)m->n_images, (unsigned long long)m->n_keypoints,
+             (unsigned long long)m->payload_bytes, (long long)m->created,
+             (long long)m->modified, m->d, (unsigned)m->dtype);
 }
 
 /* ---- opening ---- */

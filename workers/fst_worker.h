@@ -172,9 +172,13 @@ typedef struct fst_run_stats {
     uint64_t pairs_lines;      /* pair lines in the file */
     uint64_t pairs_unique;     /* after hloc's de-duplication */
     uint64_t pairs_self;
+    uint64_t pairs_duplicates; /* lines dropped: the same pair again */
+    uint64_t pairs_reversed;   /* lines dropped: the reverse of a kept pair */
     uint64_t pairs_missing;    /* dropped by skip_missing */
     uint64_t pairs_existing;   /* already in the output (skipped) */
     uint64_t pairs_resumed;    /* already in the journal (skipped) */
+    uint64_t journal_stale;    /* journaled pairs this list no longer has
+                                  (deleted from the journal, not written) */
     uint64_t pairs_todo;       /* handed to workers by this run */
     uint64_t pairs_matched;    /* matched and journaled by this run */
     uint64_t pairs_failed;     /* failures[] */

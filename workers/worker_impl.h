@@ -166,6 +166,24 @@ void fst__u64set_free(fst__u64set *s);
  * UINT32_MAX if no pair names it. */
 uint32_t fst__pairs_find(const fst_pairs *p, const char *name);
 
+/* ---- identities of a run's data (identity.c) ---- */
+
+struct fst_store_meta;
+
+/* fst__identity_of_store() : "id=<hex> generation=<g>" (or the format 1.0
+ * fallback, see fst_store_identity()) into buf. */
+void fst__identity_of_store(const struct fst_store_meta *m, char *buf, size_t len);
+
+/* fst__identity_of_file() : "h5=<XXH3-128 hex of the bytes>,<size>" of the
+ * file at `path` (one read of it) into buf.
+ * @return FST_OK; FST_EIO (detail names the file); FST_ENOMEM. */
+fst_status fst__identity_of_file(const char *path, char *buf, size_t len);
+
+/* fst__identity_same() : do two identities name the same content? Ids (or
+ * file hashes) are compared; generations are not (an append keeps every
+ * record as it was). */
+bool fst__identity_same(const char *a, const char *b);
+
 /* ---- time ---- */
 int64_t fst__now_ns(void);   /* CLOCK_MONOTONIC */
 
