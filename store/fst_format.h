@@ -113,6 +113,10 @@ extern "C" {
 #define FST_META_MODIFIED       "modified"
 #define FST_META_GENERATION     "generation"
 #define FST_META_STORE_ID       "store_id"      /* 16 random bytes (1.1) */
+#define FST_META_HISTORY        "history"       /* per finished write since the
+                                                   id (1.1): u64 generation,
+                                                   16 random bytes */
+#define FST_HISTORY_ENTRY       24u
 #define FST_META_COMPLETE       "complete"      /* u64 1, written last */
 
 /* Names of the LMDB tables. `pending` lists the records of an append that

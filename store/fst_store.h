@@ -49,6 +49,10 @@ typedef struct fst_store_meta {
     bool      has_id;
     uint8_t   id[16];
     uint64_t  generation;
+    /* 128 random bits drawn by the write that made this generation (valid
+     * with has_id): two byte copies of one store appended to separately
+     * share the id but not their write ids (fst_store_write_id()). */
+    uint8_t   write_id[16];
 } fst_store_meta;
 
 /* Length of fst_store_identity()'s text, NUL included. */
@@ -92,6 +96,15 @@ void fst_store_close(fst_store *st);
 
 /* fst_store_path() : the path the store was opened with. Owned by st. */
 const char *fst_store_path(const fst_store *st);
+
+/* fst_store_write_id() :
+ * The write id of generation `generation` of the store (as of now) into
+ * out[0..16): with it a caller that recorded (id, generation, write id)
+ * can tell whether today's store descends from that state (appends since)
+ * or is another copy that was appended to separately. Any thread.
+ * @return FST_OK; FST_ENOTFOUND (no such generation, or one written before
+ *         the store had an id); FST_ECORRUPT (history malformed); FST_EIO. */
+fst_status fst_store_write_id(fst_store *st, uint64_t generation, uint8_t out[16]);
 
 /* fst_store_meta_get() : copy the store's metadata (as of now: a finished
  * append shows) into *out. Any thread.

@@ -924,6 +924,31 @@ static fst_status write_meta(fst_writer *w, const fst_source *src)
     }
     MDB_val idk = { strlen(FST_META_STORE_ID), (void *)FST_META_STORE_ID };
     MDB_val idv = { sizeof id, id };
+    /* The history gets this write's entry: its generation and a random
+     * write id (FORMAT.md, "Identity"). */
+    MDB_val hk = { strlen(FST_META_HISTORY), (void *)FST_META_HISTORY }, hv;
+    size_t hold = 0;
+    if (w->mode == FST_WRITE_APPEND && o->has_id) {
+        rc = mdb_get(t, m, &hk, &hv);
+        if (rc && rc != MDB_NOTFOUND)
+            return fst__from_mdb(rc, "%s: reading metadata", w->path);
+        hold = rc ? 0 : hv.mv_size - hv.mv_size % FST_HISTORY_ENTRY;
+        rc = 0;
+    }
+    unsigned char *hist = malloc(hold + FST_HISTORY_ENTRY);
+    if (!hist)
+        return fst__fail(FST_ENOMEM, "%s: writing metadata", w->path);
+    if (hold)
+        memcpy(hist, hv.mv_data, hold);
+    for (int i = 0; i < 8; i++)
+        hist[hold + (size_t)i] = (unsigned char)(w->gen >> (8 * i));
+    fst_status hs = random_id(w->path, hist + hold + 8);
+    if (hs) {
+        free(hist);
+        return hs;
+    }
+    hv.mv_size = hold + FST_HISTORY_ENTRY;
+    hv.mv_data = hist;
 #define PUT(call) do { if (rc == 0) rc = (call); } while (0)
     PUT(fst__meta_put_u64(t, m, FST_META_FORMAT_MAJOR, FST_FORMAT_MAJOR));
     PUT(fst__meta_put_u64(t, m, FST_META_FORMAT_MINOR, FST_FORMAT_MINOR));
@@ -953,6 +978,8 @@ static fst_status write_meta(fst_writer *w, const fst_source *src)
     PUT(fst__meta_put_u64(t, m, FST_META_MODIFIED, (uint64_t)now));
     PUT(fst__meta_put_u64(t, m, FST_META_GENERATION, w->gen));
     PUT(mdb_put(t, m, &idk, &idv, 0));
+    PUT(mdb_put(t, m, &hk, &hv, 0));
+    free(hist);
     if (w->mode == FST_WRITE_APPEND)
         PUT(mdb_drop(t, w->pending, 0));
     PUT(fst__meta_put_u64(t, m, FST_META_COMPLETE, 1));

@@ -1312,10 +1312,27 @@ FST_TEST(store_identity_id_and_generation)
     ASSERT_MEMEQ(m2.id, ma.id, 16);
     ASSERT_EQ(m2.generation, 2);
     append_one(a, 10);
-    ASSERT_EQ(meta_of(a).generation, 3);
+    fst_store_meta m3 = meta_of(a);
+    ASSERT_EQ(m3.generation, 3);
     char i2[FST_STORE_IDENTITY_LEN];
     fst_store_identity(&m2, i2);
     ASSERT_STREQ(i2, ia);
+    /* every write has its own write id, and the history keeps them all */
+    ASSERT_TRUE(memcmp(ma.write_id, m2.write_id, 16) != 0);
+    ASSERT_TRUE(memcmp(m2.write_id, m3.write_id, 16) != 0);
+    ASSERT_TRUE(memcmp(ma.write_id, mb.write_id, 16) != 0);
+    fst_store *st;
+    uint8_t wid[16];
+    ASSERT_OK(fst_store_open(a, 0, &st));
+    ASSERT_OK(fst_store_write_id(st, 1, wid));
+    ASSERT_MEMEQ(wid, ma.write_id, 16);
+    ASSERT_OK(fst_store_write_id(st, 2, wid));
+    ASSERT_MEMEQ(wid, m2.write_id, 16);
+    ASSERT_OK(fst_store_write_id(st, 3, wid));
+    ASSERT_MEMEQ(wid, m3.write_id, 16);
+    ASSERT_STATUS(fst_store_write_id(st, 4, wid), FST_ENOTFOUND);
+    ASSERT_STATUS(fst_store_write_id(st, 0, wid), FST_ENOTFOUND);
+    fst_store_close(st);
 }
 
 /* A format 1.0 store (no id) opens, says so, and gets an id at its next
@@ -1326,6 +1343,7 @@ FST_TEST(store_identity_format_1_0)
     make_store(p, 2, 8, FST_DTYPE_F16);
     unsigned char zero8[8] = { 0 };
     ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_STORE_ID, NULL, 0));
+    ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_HISTORY, NULL, 0));
     ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_FORMAT_MINOR, zero8, 8));
     fst_store_meta m = meta_of(p);
     ASSERT_TRUE(!m.has_id);
@@ -1334,13 +1352,24 @@ FST_TEST(store_identity_format_1_0)
     char id[FST_STORE_IDENTITY_LEN];
     fst_store_identity(&m, id);
     ASSERT_TRUE(!strncmp(id, "legacy=2,", 9));
+    fst_store *st = NULL;
+    uint8_t wid[16];
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    ASSERT_STATUS(fst_store_write_id(st, 1, wid), FST_ENOTFOUND);
+    fst_store_close(st);
     append_one(p, 5);
     m = meta_of(p);
     ASSERT_TRUE(m.has_id);
     ASSERT_EQ(m.format_minor, 1);
     ASSERT_EQ(m.generation, 2);
+    /* its history starts with the append that gave it the id */
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    ASSERT_STATUS(fst_store_write_id(st, 1, wid), FST_ENOTFOUND);
+    ASSERT_OK(fst_store_write_id(st, 2, wid));
+    ASSERT_MEMEQ(wid, m.write_id, 16);
+    fst_store_close(st);
+    st = NULL;
     ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_STORE_ID, "short", 5));
-    fst_store *st = NULL;
     ASSERT_STATUS(fst_store_open(p, 0, &st), FST_ECORRUPT);
     ASSERT_CONTAINS(fst_errdetail(), "metadata 'store_id' has 5 bytes");
     ASSERT_TRUE(st == NULL);

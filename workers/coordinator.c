@@ -504,30 +504,38 @@ out:
 }
 
 /* Why the journal's pairs may not be reused by this run, into why[0..len)
- * ("" if they may): computed from another store or query, or with other
- * settings. A later generation of the same store is fine (appends never
- * change a record): a note says so, and the journal takes the new one. */
+ * ("" if they may): computed from another store or query (or another copy
+ * of it, appended to separately), or with other settings. A later
+ * generation of the same store is fine (appends never change a record): a
+ * note says so, and the journal takes the new one. */
 static fst_status journal_mismatch(run *R, const char *old, const char *params, uint64_t nrec,
                                    char *why, size_t len)
 {
     fst_status s;
     char *osid = NULL, *oqid = NULL;
+    fst__identity_verdict vs = FST__ID_OTHER, vq = FST__ID_OTHER;
+    static const char *const kind[] = {"", "", " (another copy of it, appended to separately)",
+                                       ""};
     why[0] = '\0';
     s = fst_journal_meta_get(R->j, "store", &osid);
     if (s == FST_OK) s = fst_journal_meta_get(R->j, "query", &oqid);
     if (s && s != FST_ENOTFOUND) goto out;
     s = FST_OK;
+    if (osid && oqid) {
+        FST_TRY(fst__identity_check(R->store_path, osid, R->sid, &vs));
+        FST_TRY(fst__identity_check(R->query_store ? R->query_store : "", oqid, R->qid, &vq));
+    }
     if (!old || !osid || !oqid) {
         snprintf(why, len, "written by an older featstore, which did not record the identity "
                  "of the store its %llu pair%s were computed from", (unsigned long long)nrec,
                  nrec == 1 ? "" : "s");
-    } else if (!fst__identity_same(osid, R->sid)) {
-        snprintf(why, len, "%llu pair%s computed from another store: the journal's is %s, "
-                 "%s is %s", (unsigned long long)nrec, nrec == 1 ? "" : "s", osid,
+    } else if (vs >= FST__ID_COPY) {
+        snprintf(why, len, "%llu pair%s computed from another store%s: the journal's is %s, "
+                 "%s is %s", (unsigned long long)nrec, nrec == 1 ? "" : "s", kind[vs], osid,
                  R->store_path, R->sid);
-    } else if (!fst__identity_same(oqid, R->qid)) {
-        snprintf(why, len, "%llu pair%s computed with another query: the journal's is %s, "
-                 "%s is %s", (unsigned long long)nrec, nrec == 1 ? "" : "s",
+    } else if (vq >= FST__ID_COPY) {
+        snprintf(why, len, "%llu pair%s computed with another query%s: the journal's is %s, "
+                 "%s is %s", (unsigned long long)nrec, nrec == 1 ? "" : "s", kind[vq],
                  oqid[0] ? oqid : "none", R->o->query ? R->o->query : "this run's",
                  R->qid[0] ? R->qid : "none");
     } else if (strcmp(old, params) != 0) {
@@ -535,11 +543,11 @@ static fst_status journal_mismatch(run *R, const char *old, const char *params, 
         params_diff(old, params, diff, sizeof diff);
         snprintf(why, len, "other parameters (%s)", diff);
     } else {
-        if (strcmp(osid, R->sid) != 0)
+        if (vs == FST__ID_APPENDED)
             notice(R, "note: %s was appended to since %s was written (%s, now %s): its "
                    "pairs stay valid, as an append never changes a stored image",
                    R->store_path, R->jpath, osid, R->sid);
-        if (strcmp(oqid, R->qid) != 0)
+        if (vq == FST__ID_APPENDED)
             notice(R, "note: the query %s was appended to since %s was written (%s, now "
                    "%s): its pairs stay valid", R->o->query, R->jpath, oqid, R->qid);
         FST_TRY(fst_journal_meta_put(R->j, "store", R->sid));

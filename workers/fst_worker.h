@@ -137,7 +137,8 @@ typedef struct fst_run_opts {
     uint32_t    index_size;     /* matches0 bytes: 2 (int16, hloc) or 4 */
     bool        overwrite;      /* recompute pairs already in the output;
                                    start a new journal if the old one's
-                                   parameters differ */
+                                   data (store, query) or parameters
+                                   differ */
     bool        skip_missing;   /* drop pairs naming unknown images */
     uint32_t    batch_pairs;    /* most pairs per batch (0: 128) */
     uint32_t    commit_pairs;   /* journal commit every N results (0: 512) */
@@ -223,8 +224,13 @@ typedef struct fst_run_stats {
  *           resumes);
  *         FST_ENOTFOUND: unknown image names (detail lists the first few
  *           and the count);
- *         FST_EEXIST: a journal from a run with other parameters, or
- *           another run on the same output;
+ *         FST_EEXIST: a journal from a run on other data (another store
+ *           or query, or another copy of the store appended to
+ *           separately: the detail names both identities) or with other
+ *           parameters, or another run on the same output. A journal of
+ *           the same data and parameters is resumed whatever the pairs
+ *           file: the pairs it lists are reused (pairs_resumed), the
+ *           others deleted from it (journal_stale);
  *         FST_ENODEVICE: device asked for is not there;
  *         FST_EINVAL, FST_EFORMAT, FST_EIO, FST_EFULL, FST_ENOMEM...: the
  *           detail names the file or pair at fault. */

@@ -846,6 +846,29 @@ def case_store_identity(w):
     with open(out2, "rb") as x, open(refc, "rb") as y:
         assert x.read() == y.read()
 
+    # a byte copy has the id; two copies appended to separately are two
+    # stores: the same generation, or a later one, refused all the same
+    d = w.p("d.fst")
+    shutil.copy(c, d)
+    assert info(d)["store_id"] == ic["store_id"]
+    write_features(w.p("x2.h5"), {"new2.jpg": unit(48, 50)})
+    write_features(w.p("y2.h5"), {"new2.jpg": unit(48, 50)})   # the name, other content
+    write_features(w.p("z.h5"), {"other.jpg": unit(48, 50)})
+    run(["import", w.p("x2.h5"), c, "--append", "--quiet"])
+    run(["import", w.p("y2.h5"), d, "--append", "--quiet"])
+    assert info(c)["generation"] == info(d)["generation"] == 3
+    pairs_new = w.write("pairs-new.txt", text + "".join(f"new2.jpg {n}\n" for n in names))
+    for extra_append in (False, True):
+        out5 = w.p(f"m5-{extra_append}.h5")
+        rm(out5 + ".journal")
+        interrupt(c, pairs_new, out5, w.p(f"log5-{extra_append}.txt"))
+        shutil.copy(d, w.p("d2.fst"))
+        if extra_append:
+            run(["import", w.p("z.h5"), w.p("d2.fst"), "--append", "--quiet"])
+        r = run(["match", w.p("d2.fst"), pairs_new, "-o", out5], expect=1)
+        assert "another store (another copy of it, appended to separately)" in r.stderr, r.stderr
+        rm(w.p("d2.fst"), w.p("d2.fst-lock"))
+
     # the query: a store replaced the same way, and a features.h5 rewritten
     # with the same size and modification time
     db = w.p("db.fst")
