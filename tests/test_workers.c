@@ -765,6 +765,46 @@ FST_TEST(journal_del_survives_a_grow_and_a_reopen)
     ASSERT_OK(fst_journal_remove(path));
 }
 
+/* Issue 10, item 1: what a journal's identity says about today's data,
+ * without a store (the cases that need no look-up of an older generation). */
+FST_TEST(identity_check_without_history)
+{
+    static const char a[] = "id=00112233445566778899aabbccddeeff generation=3 "
+                            "write=0123456789abcdef0123456789abcdef";
+    static const char a_copy[] = "id=00112233445566778899aabbccddeeff generation=3 "
+                                 "write=fedcba9876543210fedcba9876543210";
+    static const char a_old[] = "id=00112233445566778899aabbccddeeff generation=2 "
+                                "write=0123456789abcdef0123456789abcdef";
+    static const char b[] = "id=ffeeddccbbaa99887766554433221100 generation=3 "
+                            "write=0123456789abcdef0123456789abcdef";
+    fst__identity_verdict v;
+    const char *none = "/nonexistent/store.fst";   /* never opened here */
+    ASSERT_OK(fst__identity_check(none, a, a, &v));
+    ASSERT_EQ(v, FST__ID_SAME);
+    ASSERT_OK(fst__identity_check(none, a, b, &v));
+    ASSERT_EQ(v, FST__ID_OTHER);
+    ASSERT_OK(fst__identity_check(none, a, a_copy, &v));   /* same generation, other write */
+    ASSERT_EQ(v, FST__ID_COPY);
+    ASSERT_OK(fst__identity_check(none, a, a_old, &v));    /* the journal is newer */
+    ASSERT_EQ(v, FST__ID_COPY);
+    /* a later generation needs the store's history: a missing store is an error */
+    ASSERT_TRUE(fst__identity_check(none, a_old, a, &v) != FST_OK);
+    ASSERT_TRUE(fst__identity_same(a, a_old));
+    ASSERT_TRUE(!fst__identity_same(a, b));
+    ASSERT_OK(fst__identity_check(none, "h5=00ff,10", "h5=00ff,10", &v));
+    ASSERT_EQ(v, FST__ID_SAME);
+    ASSERT_OK(fst__identity_check(none, "h5=00ff,10", "h5=00fe,10", &v));
+    ASSERT_EQ(v, FST__ID_OTHER);
+    ASSERT_OK(fst__identity_check(none, "", "", &v));       /* no query, both times */
+    ASSERT_EQ(v, FST__ID_SAME);
+    ASSERT_OK(fst__identity_check(none, "legacy=1,2,3,4,5,6,1 generation=1",
+                                  "legacy=1,2,3,4,6,6,1 generation=2", &v));
+    ASSERT_EQ(v, FST__ID_OTHER);
+    ASSERT_OK(fst__identity_check(none, "legacy=1,2,3,4,5,6,1 generation=1",
+                                  "legacy=1,2,3,4,5,6,1 generation=1", &v));
+    ASSERT_EQ(v, FST__ID_SAME);
+}
+
 FST_TEST(journal_reader_follows_a_growing_writer)
 {
     const char *path = tmp_path("grow.journal");

@@ -746,11 +746,23 @@ def info(store):
     return json.loads(run(["info", store, "--json"]).stdout)
 
 
-def interrupt(store, pairs, out, lg, *extra, n=4, ms=15):
-    """A run stopped by SIGINT once n pairs are matched: its journal stays."""
+def interrupt(store, pairs, out, lg, *extra, n=4, ms=15, kill9=False):
+    """A run stopped by SIGINT (or kill -9) once n pairs are matched: its
+    journal stays."""
     p = start(["match", store, pairs, "-o", out, "--workers", "2", "--quiet", "--json", *extra],
               slow_env(lg, ms=ms))
     wait_lines(lg, n, p)
+    if kill9:
+        time.sleep(0.4)                        # the journal commits every 250 ms
+        kids = caselib.children(p.pid)
+        os.kill(p.pid, signal.SIGKILL)
+        p.communicate()
+        t0 = time.time()
+        while not all(gone(k) for k in kids):
+            assert time.time() - t0 < 10, f"workers {kids} outlived the coordinator"
+            time.sleep(0.02)
+        assert not os.path.exists(out) and os.path.exists(out + ".journal")
+        return None
     p.send_signal(signal.SIGINT)
     stdout, err = p.communicate(timeout=60)
     clean(err, "interrupt")
@@ -800,7 +812,7 @@ def case_store_identity(w):
     refb = w.p("refb.h5")
     match(t2, pairs, refb)
     out = w.p("m.h5")
-    interrupt(t, pairs, out, w.p("log1.txt"))
+    interrupt(t, pairs, out, w.p("log1.txt"), ms=40, kill9=True)
     os.replace(t2, t)                      # t.fst is now b.h5's store
     rm(t2 + "-lock")
     r = run(["match", t, pairs, "-o", out, "--json"], expect=1)
