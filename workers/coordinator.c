@@ -603,11 +603,13 @@ static fst_status open_journal(run *R, const char *params, const bool *drop, fst
                 free(old);
                 return s;
             } else if (why[0]) {
+                bool settings = !strncmp(why, "other parameters", 16);
                 free(old);
                 if (!o->overwrite)
-                    return fst__fail(FST_EEXIST, "%s belongs to an interrupted run with %s: run "
-                                     "that command again to finish it, or pass --overwrite "
-                                     "to start over", R->jpath, why);
+                    return fst__fail(FST_EEXIST, "%s belongs to an interrupted run with %s: %s, "
+                                     "or pass --overwrite to start over", R->jpath, why,
+                                     settings ? "run that command again to finish it"
+                                              : "finish it on the data it was computed from");
                 notice(R, "note: discarding %s from a run with %s: --overwrite", R->jpath, why);
                 fst_journal_close(R->j);
                 R->j = NULL;
