@@ -110,7 +110,7 @@ int fst_cmd_import(int argc, char **argv)
 
 /* ---- export ---- */
 
-static const char export_usage[] = "usage: featstore export STORE OUT.h5 [--quiet]\n";
+static const char export_usage[] = "usage: featstore export STORE OUT.h5 [--no-lock] [--quiet]\n";
 
 static const char export_help[] =
     "Write every image of STORE to OUT.h5 in hloc's features.h5 layout: a group\n"
@@ -119,6 +119,8 @@ static const char export_help[] =
     "imported file had. Refuses an existing OUT.h5; writes a temporary file\n"
     "and renames it when complete.\n"
     "\n"
+    "  --no-lock        read STORE without its lock file (automatic where it\n"
+    "                   cannot be written); appends are refused meanwhile\n"
     "  -q, --quiet      no progress bar, no summary\n"
     "  -h, --help       this text\n";
 
@@ -126,16 +128,19 @@ int fst_cmd_export(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"quiet", no_argument, NULL, 'q'},
+        {"no-lock", no_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "export";
     bool quiet = false;
+    unsigned nolock = 0;
     int c;
     getopt_reset();
     while ((c = getopt_long(argc, argv, ":qh", longopts, NULL)) != -1) {
         switch (c) {
         case 'q': quiet = true; break;
+        case 'L': nolock = FST_OPEN_NOLOCK; break;
         case 'h': fputs(export_usage, stdout); fputs("\n", stdout);
                   fputs(export_help, stdout); return 0;
         default: return fst__cli_getopt_error(cmd, export_usage, c, argv);
@@ -148,7 +153,7 @@ int fst_cmd_export(int argc, char **argv)
 
     fst_store *st = NULL;
     /* Verify checksums: an export must not pass corruption on silently. */
-    fst_status s = fst_store_open(path, FST_OPEN_CHECKSUMS, &st);
+    fst_status s = fst_store_open(path, FST_OPEN_CHECKSUMS | nolock, &st);
     fst_store_meta meta;
     if (s == FST_OK && (s = fst_store_meta_get(st, &meta)) != FST_OK)
         fst_store_close(st);
@@ -174,7 +179,7 @@ int fst_cmd_export(int argc, char **argv)
 
 /* ---- info ---- */
 
-static const char info_usage[] = "usage: featstore info STORE [--json]\n";
+static const char info_usage[] = "usage: featstore info STORE [--json] [--no-lock]\n";
 
 static const char info_help[] =
     "Print a store's metadata (format, descriptor dimension and dtype, images,\n"
@@ -182,6 +187,8 @@ static const char info_help[] =
     "image (min, median, max; computed by reading every record).\n"
     "\n"
     "  --json           one JSON object instead of text\n"
+    "  --no-lock        read STORE without its lock file (automatic where it\n"
+    "                   cannot be written); appends are refused meanwhile\n"
     "  -h, --help       this text\n";
 
 static int cmp_u32(const void *a, const void *b)
@@ -240,16 +247,19 @@ int fst_cmd_info(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"json", no_argument, NULL, 'j'},
+        {"no-lock", no_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "info";
     bool json = false;
+    unsigned nolock = 0;
     int c;
     getopt_reset();
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
         case 'j': json = true; break;
+        case 'L': nolock = FST_OPEN_NOLOCK; break;
         case 'h': fputs(info_usage, stdout); fputs("\n", stdout);
                   fputs(info_help, stdout); return 0;
         default: return fst__cli_getopt_error(cmd, info_usage, c, argv);
@@ -263,11 +273,14 @@ int fst_cmd_info(int argc, char **argv)
     fst_store *st = NULL;
     fst_store_meta m;
     kp_stats ks;
-    fst_status s = fst_store_open(path, 0, &st);
+    bool lockless = false;
+    fst_status s = fst_store_open(path, nolock, &st);
     if (!s)
         s = fst_store_meta_get(st, &m);
     if (!s)
         s = keypoint_stats(st, &ks);
+    if (!s)
+        lockless = fst_store_nolock(st);
     fst_store_close(st);
     if (s)
         return failed(cmd, s);
@@ -290,8 +303,9 @@ int fst_cmd_info(int argc, char **argv)
         fst__json_str(stdout, m.source_name);
         printf(", \"size\": %" PRIu64 ", \"mtime\": %" PRId64 "}", m.source_size,
                m.source_mtime);
-        printf(", \"created\": %" PRId64 ", \"modified\": %" PRId64 "}\n", m.created,
+        printf(", \"created\": %" PRId64 ", \"modified\": %" PRId64, m.created,
                m.modified);
+        printf(", \"lock_file\": %s}\n", lockless ? "false" : "true");
         return ferror(stdout) ? 1 : 0;
     }
     char h1[FST__HUMAN_LEN], h2[FST__HUMAN_LEN], h3[FST__HUMAN_LEN], t1[32], t2[32], t3[32];
@@ -313,17 +327,21 @@ int fst_cmd_info(int argc, char **argv)
            fst__human_bytes(m.source_size, h3), fst__human_time(m.source_mtime, t1));
     printf("created      %s\n", fst__human_time(m.created, t2));
     printf("modified     %s\n", fst__human_time(m.modified, t3));
+    if (lockless)
+        printf("read         without the lock file: appends are refused while it is open\n");
     return ferror(stdout) ? 1 : 0;
 }
 
 /* ---- verify ---- */
 
-static const char verify_usage[] = "usage: featstore verify STORE [--quiet]\n";
+static const char verify_usage[] = "usage: featstore verify STORE [--no-lock] [--quiet]\n";
 
 static const char verify_help[] =
     "Re-read every record of STORE, re-compute its checksum and check its\n"
     "bounds. Names each bad record on stdout; exits 1 if any is bad.\n"
     "\n"
+    "  --no-lock        read STORE without its lock file (automatic where it\n"
+    "                   cannot be written); appends are refused meanwhile\n"
     "  -q, --quiet      print only the bad records\n"
     "  -h, --help       this text\n";
 
@@ -340,16 +358,19 @@ int fst_cmd_verify(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"quiet", no_argument, NULL, 'q'},
+        {"no-lock", no_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "verify";
     bool quiet = false;
+    unsigned nolock = 0;
     int c;
     getopt_reset();
     while ((c = getopt_long(argc, argv, ":qh", longopts, NULL)) != -1) {
         switch (c) {
         case 'q': quiet = true; break;
+        case 'L': nolock = FST_OPEN_NOLOCK; break;
         case 'h': fputs(verify_usage, stdout); fputs("\n", stdout);
                   fputs(verify_help, stdout); return 0;
         default: return fst__cli_getopt_error(cmd, verify_usage, c, argv);
@@ -362,7 +383,7 @@ int fst_cmd_verify(int argc, char **argv)
 
     fst_store *st = NULL;
     uint64_t checked = 0, bad = 0;
-    fst_status s = fst_store_open(path, 0, &st);
+    fst_status s = fst_store_open(path, nolock, &st);
     if (!s)
         s = fst_store_verify(st, print_bad, NULL, &checked, &bad);
     fst_store_close(st);
