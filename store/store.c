@@ -362,7 +362,7 @@ static bool nolock_errno(int e)
     return e == EACCES || e == EPERM || e == EROFS;
 }
 
-fst_status fst__lock_usable(const char *path, bool *usable)
+fst_status fst__lock_usable(const char *path, bool *usable, int *why)
 {
     char lock[PATH_MAX];
     if (snprintf(lock, sizeof lock, "%s-lock", path) >= (int)sizeof lock)
@@ -378,6 +378,8 @@ fst_status fst__lock_usable(const char *path, bool *usable)
     }
     if (nolock_errno(errno)) {
         *usable = false;
+        if (why)
+            *why = errno;
         return FST_OK;
     }
     return fst__fail(errno == ENOSPC || errno == EDQUOT ? FST_EFULL : FST_EIO,
@@ -463,7 +465,7 @@ static fst_status shenv_open(const char *path, const struct stat *sb,
     sh->nolock = nolock_asked(flags);
     if (!sh->nolock) {
         bool usable;
-        FST_TRY(fst__lock_usable(path, &usable));
+        FST_TRY(fst__lock_usable(path, &usable, NULL));
         sh->nolock = !usable;
     }
     if (sh->nolock)

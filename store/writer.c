@@ -532,11 +532,12 @@ static fst_status open_append(fst_writer *w)
     /* Name the lock file when it is the one refused (LMDB would say only
      * "Permission denied", as for the store). */
     bool usable;
-    FST_TRY(fst__lock_usable(w->path, &usable));
+    int why = 0;
+    FST_TRY(fst__lock_usable(w->path, &usable, &why));
     if (!usable)
         return fst__fail(FST_EIO, "%s-lock: %s: appending to %s needs write "
                          "access to its lock file (and to its directory, to "
-                         "create it)", w->path, strerror(EACCES), w->path);
+                         "create it)", w->path, strerror(why), w->path);
     s = env_open(w, w->path, 0, 0);
     if (s)
         return s;

@@ -30,6 +30,10 @@ TAP output; one meson test per case (tests/trust/meson.build). Cases:
                     output is identical to a run without the append
   readers_512       512 processes hold a read transaction on one store at
                     once, every record read and checksummed by each
+  shared_store      root's store read by `nobody` (no lock file, root's lock
+                    file), from a read-only directory and file system, and
+                    with --no-lock: info, verify, export, match as root's;
+                    appends refused while such a reader runs, named errors
   match_ulimit      `featstore match` under `ulimit -v` (16 GB, as on shared
                     clusters): completes, also resuming a killed run, with
                     the output of an unlimited run (a plain build: ASan
@@ -1057,6 +1061,171 @@ def case_readers_512(w):
     log(r.stdout.strip())
     figure("readers", r.stdout.strip().replace("readers: ", ""))
     verify_clean(store)
+
+
+def store_mapped_by(pid, store):
+    """True once a process under `pid` (its children, recursively) maps
+    `store`: a match's workers have it open."""
+    todo, seen = [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/maps") as f:
+                if store in f.read():
+                    return True
+        except OSError:
+            pass
+        todo += caselib.children(p, live_only=True)
+    return False
+
+
+def case_shared_store(w):
+    """Issue 10 item 7: a store imported by root (files 644) is read by
+    `nobody` (info, verify, export, match: the outputs of root's own run),
+    first with no lock file, then with root's; in a directory nobody owns
+    but cannot write; on a read-only bind mount (as root); and with
+    --no-lock. Nothing creates a lock file where it cannot. An append is
+    refused while such a reader has the store open and goes through after;
+    an append that cannot write the lock file names it."""
+    runuser = shutil.which("runuser")
+    if os.geteuid() != 0 or not runuser:
+        print("# SKIP: needs root and runuser to run as another user")
+        return
+    src, pairs = synth(w, "f.h5", 30, 128, 64, npairs=60)
+    src2, _ = synth(w, "g.h5", 6, 128, 64, prefix="g/img", seed=3)
+    ref = w.p("ref.fst")
+    run(["import", src, ref, "--quiet"])
+    match(ref, pairs, w.p("ref.h5"), "--workers", "2")
+    run(["export", ref, w.p("refx.h5"), "--quiet"])
+    nimages = info(ref)["images"]
+    os.chmod(w.dir, 0o755)
+    for f in ("f.h5", "g.h5", os.path.basename(pairs)):
+        os.chmod(w.p(f), 0o644)
+    out = w.p("out")
+    os.mkdir(out)
+    os.chmod(out, 0o777)
+    checks = 0
+
+    def as_nobody(args, expect=0, env=None):
+        return run(["-u", "nobody", "--", FST] + args, expect=expect, env=env,
+                   cmd=[runuser])
+
+    def reads_all(store, tag, runas, *extra):
+        """info, verify, export and match on `store`: what root's run gave."""
+        nonlocal checks
+        r = runas(["info", store, "--json", *extra])
+        d = json.loads(r.stdout)
+        assert d["images"] == nimages and d["lock_file"] is False, (tag, d)
+        runas(["verify", store, "--quiet", *extra])
+        x = os.path.join(out, f"x-{tag}.h5")
+        runas(["export", store, x, "--quiet", *extra])
+        same_output(x, w.p("refx.h5"))
+        m = os.path.join(out, f"m-{tag}.h5")
+        runas(["match", store, pairs, "-o", m, "--device", "cpu", "--workers", "2", "--quiet",
+               *extra])
+        same_output(m, w.p("ref.h5"))
+        checks += 4
+
+    sdir = w.p("s")
+    os.mkdir(sdir)
+    store = os.path.join(sdir, "db.fst")
+    lock = store + "-lock"
+    run(["import", src, store, "--quiet"])
+    assert not os.path.exists(lock)
+    reads_all(store, "nolockfile", as_nobody)
+    assert not os.path.exists(lock), "a lock file was created"
+    run(["info", store])                            # root's reader makes one, 644
+    assert os.path.exists(lock) and os.stat(lock).st_mode & 0o777 == 0o644
+    reads_all(store, "rootlock", as_nobody)
+    before = file_bytes(store)
+
+    # nobody cannot append: the message names the lock file
+    r = as_nobody(["import", src2, store, "--append", "--quiet"], expect=1)
+    clear_message(r, "db.fst-lock: permission denied")
+    assert file_bytes(store) == before
+    checks += 1
+
+    # root's append while nobody's lock-less match runs: refused, the match
+    # unaffected; after it, the append goes through
+    m = os.path.join(out, "m-during.h5")
+    p = subprocess.Popen([runuser, "-u", "nobody", "--", FST, "match", store, pairs, "-o", m,
+                          "--device", "cpu", "--workers", "2", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=base_env({"FST_TEST_PAIR_DELAY_MS": "100"}))
+    try:
+        deadline = time.time() + 60
+        while not store_mapped_by(p.pid, store):
+            assert p.poll() is None and time.time() < deadline, "the match never opened the store"
+            time.sleep(0.05)
+        r = run(["import", src2, store, "--append", "--quiet"], expect=1)
+        clear_message(r, "without its lock file")
+        assert p.poll() is None, "the match ended before the append was tried: too fast"
+        assert file_bytes(store) == before
+        o, e = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    sanitizer_clean(e, "match as nobody")
+    assert p.returncode == 0, e
+    same_output(m, w.p("ref.h5"))
+    run(["import", src2, store, "--append", "--quiet"])
+    assert info(store)["images"] == nimages + 6
+    verify_clean(store)
+    checks += 3
+
+    # a directory nobody owns but cannot write, no lock file
+    rodir = w.p("ro")
+    os.mkdir(rodir)
+    rostore = os.path.join(rodir, "db.fst")
+    shutil.copy(ref, rostore)
+    nobody = int(subprocess.run(["id", "-u", "nobody"], capture_output=True, text=True,
+                                check=True).stdout)
+    os.chown(rostore, nobody, -1)
+    os.chown(rodir, nobody, -1)
+    os.chmod(rodir, 0o555)
+    reads_all(rostore, "rodir", as_nobody)
+    assert not os.path.exists(rostore + "-lock")
+    before = file_bytes(rostore)
+    r = as_nobody(["import", src2, rostore, "--append", "--quiet"], expect=1)
+    clear_message(r, "db.fst-lock: permission denied")
+    assert file_bytes(rostore) == before
+    checks += 1
+
+    # a read-only file system (a read-only bind mount of s/), as root
+    mnt = w.p("mnt")
+    os.mkdir(mnt)
+    mounted = subprocess.run(["mount", "--bind", sdir, mnt], capture_output=True, text=True)
+    if mounted.returncode == 0:
+        try:
+            rm = subprocess.run(["mount", "-o", "remount,ro,bind", mnt], capture_output=True,
+                                text=True)
+            if rm.returncode == 0:
+                mstore = os.path.join(mnt, "db.fst")
+                # s/db.fst has g.h5's images now: compare with a store that has them
+                run(["import", src2, ref, "--append", "--quiet"])
+                nimages += 6
+                run(["export", ref, w.p("refx2.h5"), "--quiet"])
+                os.replace(w.p("refx2.h5"), w.p("refx.h5"))
+                reads_all(mstore, "rofs", lambda a, **k: run(a, **k))
+                r = run(["import", src2, mstore, "--append", "--quiet"], expect=1)
+                clear_message(r, "db.fst-lock: read-only file system")
+                checks += 1
+            else:
+                log(f"cannot remount read-only ({rm.stderr.strip()}): that part skipped")
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+    else:
+        log(f"cannot bind-mount ({mounted.stderr.strip()}): read-only file system part skipped")
+
+    # asked for: --no-lock on a store whose lock file root could use
+    reads_all(ref, "asked", lambda a, **k: run(a, **k), "--no-lock")
+    figure("shared_store", f"{checks} runs as another user, from a read-only directory, a "
+                           f"read-only file system and with --no-lock: all read the store "
+                           f"without its lock file; appends refused meanwhile")
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
