@@ -1030,6 +1030,52 @@ static fst_status write_meta(fst_writer *w, const fst_source *src)
                                                             : w->path);
 }
 
+/* APPEND: LMDB reported the final commit failed (status s), yet its meta
+ * page may be in place all the same: a write of the page's tail cut short
+ * of its last bytes, which hold nothing new (the transaction id's high
+ * bytes), with LMDB's write-back of the old page failing too. Readers then
+ * see the append complete. Say what is true: read the generation from the
+ * file afresh; if it is this append's, make it durable and succeed. */
+static fst_status append_landed(fst_writer *w, fst_status s)
+{
+    char detail[1024];
+    snprintf(detail, sizeof detail, "%s", fst_errdetail());
+    mdb_env_close(w->env);          /* LMDB marked it unusable */
+    w->env = NULL;
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi meta;
+    uint64_t g = 0;
+    /* NOLOCK: our exclusive flock keeps every writer out; this only reads */
+    int rc = mdb_env_create(&env);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_env_set_maxdbs(env, FST__MAX_DBS);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_env_open(env, w->path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK,
+                          0644);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_dbi_open(txn, FST_DB_META, 0, &meta);
+    if (rc == MDB_SUCCESS)
+        rc = fst__meta_u64(txn, meta, FST_META_GENERATION, &g);
+    if (txn)
+        mdb_txn_abort(txn);
+    if (env)
+        mdb_env_close(env);
+    if (rc != MDB_SUCCESS || g != w->gen)
+        return fst__fail(s, "%s", detail);      /* the store as it was */
+    int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+    int e = fd < 0 ? errno : fsync(fd) != 0 ? errno : 0;
+    if (fd >= 0)
+        close(fd);
+    if (e)
+        return fst__fail(FST_EIO, "%s: the append is complete for readers, "
+                         "but syncing it failed: %s (%s)", w->path,
+                         strerror(e), detail);
+    return FST_OK;
+}
+
 fst_status fst_writer_finish(fst_writer *w, const fst_source *src)
 {
     fst_status s;
@@ -1041,7 +1087,11 @@ fst_status fst_writer_finish(fst_writer *w, const fst_source *src)
     FST_TRY(drain(w));      /* CREATE: every record's direct write ended */
     FST_TRY(ensure_room(w, 4096));
     FST_TRY(write_meta(w, src));
-    FST_TRY(commit(w, false));
+    s = commit(w, false);
+    if (s && w->mode == FST_WRITE_APPEND)
+        s = append_landed(w, s);
+    if (s)
+        goto out;
     if (w->mode == FST_WRITE_APPEND) {
         /* Committed with LMDB's default fsync: the append is durable. */
         writer_free(w);

@@ -339,7 +339,7 @@ def case_append_faults(w):
     n, nbytes = count_calls(["import", src_b, w.p("count.fst"), "--append", "--quiet"],
                             "count.fst", ops)
     log(f"append touches the store in {n} system calls, {nbytes} bytes written")
-    injected = runs = 0
+    injected = runs = landed = 0
     for err in ERRNOS:
         for k in range(n):
             lp = w.p("faults.log")
@@ -379,7 +379,21 @@ def case_append_faults(w):
         injected += 1
         assert r.returncode == 1, r.stderr
         clear_message(r, *FULL_WORDS)
-        assert info(dest)["images"] == before["images"]
+        now = info(dest)["images"]
+        if now == before["images"] + 20:
+            # The limit fell on LMDB's last write, the tail of the meta page,
+            # cut short of bytes that hold nothing new: the append is in
+            # place for every reader, and LMDB's write-back of the old page
+            # failed too (writes fail for good here). Nothing can undo it;
+            # what is checked is that featstore says so rather than
+            # claiming the store is as it was, and that the store is whole.
+            clear_message(r, "the append is complete for readers")
+            verify_clean(dest)
+            landed += 1
+            run(["import", src_a, w.p("fresh.fst"), "--quiet"])
+            os.replace(w.p("fresh.fst"), dest)
+            continue
+        assert now == before["images"], f"limit {lim}: {now} images: {r.stderr}"
         verify_clean(dest)
     # a re-run without the fault completes (and clears what the failed
     # appends left invisible)
@@ -396,8 +410,9 @@ def case_append_faults(w):
     assert same_ds, "store after failed appends + re-run differs from a clean one"
     del before_bytes
     figure("append_faults", f"{injected} faults injected in {runs} runs, old store intact "
-                            f"and verify clean after each; re-run complete and equal to a "
-                            f"clean store")
+                            f"and verify clean after each ({landed} on the meta page's last "
+                            f"bytes: the append complete, and said so); re-run complete and "
+                            f"equal to a clean store")
 
 
 def case_transient_faults(w):
