@@ -426,18 +426,21 @@ static fst_status hold_shared(shenv *sh, const char *path,
     return fst__fail(FST_EIO, "%s: flock: %s", path, strerror(e));
 }
 
-/* mdb_env_open() failed with errno `rc` on a store opened with its lock
- * file: name the lock file when the store file itself is readable (LMDB
- * says only "Permission denied" or "No locks available"). */
+/* mdb_env_open() failed with `rc` on a store opened with its lock file:
+ * LMDB's message ("No locks available", "No space left on device") does
+ * not say which file. If the store opens without the lock file, the lock
+ * file was at fault: name it. */
 static fst_status open_failed(const char *path, int rc)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || rc <= 0 || rc >= 1000) {
-        if (fd >= 0)
-            close(fd);
+    MDB_env *probe = NULL;
+    int prc = mdb_env_create(&probe);
+    if (prc == MDB_SUCCESS)
+        prc = mdb_env_open(probe, path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK,
+                           0664);
+    if (probe)
+        mdb_env_close(probe);
+    if (prc != MDB_SUCCESS)
         return fst__from_mdb(rc, "%s", path);
-    }
-    close(fd);
     char lock[PATH_MAX];
     snprintf(lock, sizeof lock, "%s-lock", path);
     return fst__from_mdb(rc, "%s (the lock file of %s; a store on a network "

@@ -553,7 +553,7 @@ static fst_status open_append(fst_writer *w)
     FST_TRY(fst__from_mdb(rc, "%s: opening tables", w->path));
     uint64_t committed;
     FST_TRY(fst__meta_read(w->txn, w->meta, w->path, &w->old, &committed));
-    /* Nothing is written before the first new record (put_pending()): an
+    /* Nothing is written before the first new record (fst_writer_put()): an
      * append refused before then leaves the file byte-identical. Only
      * the leftovers of a dead append are deleted now. */
     FST_TRY(open_pending(w, false));

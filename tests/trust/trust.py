@@ -33,7 +33,8 @@ TAP output; one meson test per case (tests/trust/meson.build). Cases:
   shared_store      root's store read by `nobody` (no lock file, root's lock
                     file), from a read-only directory and file system, and
                     with --no-lock: info, verify, export, match as root's;
-                    appends refused while such a reader runs, named errors
+                    appends refused while such a reader runs; errors name
+                    the lock file when it is at fault
   match_ulimit      `featstore match` under `ulimit -v` (16 GB, as on shared
                     clusters): completes, also resuming a killed run, with
                     the output of an unlimited run (a plain build: ASan
@@ -1238,6 +1239,15 @@ def case_shared_store(w):
 
     # asked for: --no-lock on a store whose lock file root could use
     reads_all(ref, "asked", lambda a, **k: run(a, **k), "--no-lock")
+
+    # the lock file fails in another way (its mmap refused): the error names
+    # the lock file, not the store; --no-lock does without it
+    r = run(["info", ref], expect=1, env=shim_env(ops="mmap", path="ref.fst-lock",
+                                                  errno="ENOMEM"))
+    clear_message(r, "ref.fst-lock")
+    run(["info", ref, "--no-lock"], env=shim_env(ops="mmap", path="ref.fst-lock",
+                                                 errno="ENOMEM"))
+    checks += 2
     figure("shared_store", f"{checks} runs as another user, from a read-only directory, a "
                            f"read-only file system and with --no-lock: all read the store "
                            f"without its lock file; appends refused meanwhile")
