@@ -1079,23 +1079,53 @@ def case_readers_512(w):
     verify_clean(store)
 
 
-def store_mapped_by(pid, store):
-    """True once a process under `pid` (its children, recursively) maps
-    `store`: a match's workers have it open."""
-    todo, seen = [pid], set()
+def store_mapped_by(pid, store, depth):
+    """True once a process `depth` or more levels under `pid` maps `store`:
+    a match's workers (not its coordinator, which opens the store only for
+    a moment) have it open."""
+    todo, seen = [(pid, 0)], set()
     while todo:
-        p = todo.pop()
+        p, d = todo.pop()
         if p in seen:
             continue
         seen.add(p)
-        try:
-            with open(f"/proc/{p}/maps") as f:
-                if store in f.read():
-                    return True
-        except OSError:
-            pass
-        todo += caselib.children(p, live_only=True)
+        if d >= depth:
+            try:
+                with open(f"/proc/{p}/maps") as f:
+                    if store in f.read():
+                        return True
+            except OSError:
+                pass
+        todo += [(c, d + 1) for c in caselib.children(p, live_only=True)]
     return False
+
+
+def append_refused_during(cmd, store, depth, src2, ref_out, out):
+    """Run the match `cmd` (writing `out`; its workers `depth` levels below
+    the process started) slowly; once its workers have the store open, an
+    `import --append` of src2 must be refused as a lock-less reader's, the
+    store unchanged; the match must then complete with `ref_out`'s
+    content."""
+    before = file_bytes(store)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=base_env({"FST_TEST_PAIR_DELAY_MS": "100"}))
+    try:
+        deadline = time.time() + 60
+        while not store_mapped_by(p.pid, store, depth):
+            assert p.poll() is None and time.time() < deadline, "the match never opened the store"
+            time.sleep(0.05)
+        r = run(["import", src2, store, "--append", "--quiet"], expect=1)
+        clear_message(r, "without its lock file")
+        assert p.poll() is None, "the match ended before the append was tried: too fast"
+        assert file_bytes(store) == before
+        o, e = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    sanitizer_clean(e, " ".join(cmd))
+    assert p.returncode == 0, e
+    same_output(out, ref_out)
 
 
 def case_shared_store(w):
@@ -1167,27 +1197,9 @@ def case_shared_store(w):
     # root's append while nobody's lock-less match runs: refused, the match
     # unaffected; after it, the append goes through
     m = os.path.join(out, "m-during.h5")
-    p = subprocess.Popen([runuser, "-u", "nobody", "--", FST, "match", store, pairs, "-o", m,
-                          "--device", "cpu", "--workers", "2", "--quiet"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=base_env({"FST_TEST_PAIR_DELAY_MS": "100"}))
-    try:
-        deadline = time.time() + 60
-        while not store_mapped_by(p.pid, store):
-            assert p.poll() is None and time.time() < deadline, "the match never opened the store"
-            time.sleep(0.05)
-        r = run(["import", src2, store, "--append", "--quiet"], expect=1)
-        clear_message(r, "without its lock file")
-        assert p.poll() is None, "the match ended before the append was tried: too fast"
-        assert file_bytes(store) == before
-        o, e = p.communicate(timeout=300)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    sanitizer_clean(e, "match as nobody")
-    assert p.returncode == 0, e
-    same_output(m, w.p("ref.h5"))
+    append_refused_during([runuser, "-u", "nobody", "--", FST, "match", store, pairs, "-o", m,
+                           "--device", "cpu", "--workers", "2", "--quiet"], store, 2, src2,
+                          w.p("ref.h5"), m)
     run(["import", src2, store, "--append", "--quiet"])
     assert info(store)["images"] == nimages + 6
     verify_clean(store)
@@ -1237,8 +1249,13 @@ def case_shared_store(w):
     else:
         log(f"cannot bind-mount ({mounted.stderr.strip()}): read-only file system part skipped")
 
-    # asked for: --no-lock on a store whose lock file root could use
+    # asked for: --no-lock on a store whose lock file root could use; the
+    # workers read without it too (an append is refused while they run)
     reads_all(ref, "asked", lambda a, **k: run(a, **k), "--no-lock")
+    m = os.path.join(out, "m-asked-during.h5")
+    append_refused_during([FST, "match", ref, pairs, "-o", m, "--device", "cpu", "--workers",
+                           "2", "--quiet", "--no-lock"], ref, 1, src2, w.p("ref.h5"), m)
+    checks += 1
 
     # the lock file fails in another way (its mmap refused): the error names
     # the lock file, not the store; --no-lock does without it
