@@ -258,7 +258,12 @@ typedef struct fst_source {
  * directory. Frees w whatever the result.
  * @return FST_OK; FST_EIO; FST_EFULL; FST_EEXIST (CREATE: `path` appeared
  *         meanwhile); FST_EINVAL (an earlier put failed). On error the
- *         store at `path` is as it was before fst_writer_open(). */
+ *         store at `path` is as it was before fst_writer_open(), with one
+ *         exception, said in the detail ("the append is complete for
+ *         readers, but syncing it failed"): APPEND, when LMDB reported its
+ *         last commit failed although its meta page was written (a write
+ *         cut short of bytes holding nothing new); the generation is read
+ *         back to tell, and FST_OK returned if an fsync then succeeds. */
 fst_status fst_writer_finish(fst_writer *w, const fst_source *src);
 
 /* fst_writer_abort() : drop everything written (CREATE: remove the
