@@ -50,6 +50,9 @@ static const char usage_text[] =
     "                             a journal of a run with other parameters\n"
     "  --batch N                  most pairs per batch (default 128)\n"
     "  --backend-params K=V,...   extra backend parameters for every worker\n"
+    "  --no-lock                  read the store(s) without the lock file (for\n"
+    "                             network file systems; automatic where it cannot\n"
+    "                             be written): appends are refused meanwhile\n"
     "  --quiet                    no progress or summary (warnings and errors only)\n"
     "  --json                     one JSON summary object on stdout\n"
     "  -h, --help                 this text\n"
@@ -275,6 +278,7 @@ enum {
     OPT_DEVICE = 1000, OPT_WORKERS, OPT_WPD, OPT_THREADS, OPT_PRESET, OPT_MUTUAL,
     OPT_NO_MUTUAL, OPT_RATIO, OPT_DIST, OPT_QUERY, OPT_DTYPE, OPT_SKIP, OPT_OVERWRITE,
     OPT_BATCH, OPT_PARAMS, OPT_QUIET, OPT_JSON,
+    OPT_NO_LOCK = 1100,
 };
 
 int fst_cmd_match(int argc, char **argv)
@@ -299,6 +303,7 @@ int fst_cmd_match(int argc, char **argv)
         {"backend-params", required_argument, 0, OPT_PARAMS},
         {"quiet", no_argument, 0, OPT_QUIET},
         {"json", no_argument, 0, OPT_JSON},
+        {"no-lock", no_argument, 0, OPT_NO_LOCK},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -359,6 +364,9 @@ int fst_cmd_match(int argc, char **argv)
         case OPT_PARAMS: o.backend_params = optarg; break;
         case OPT_QUIET: u.quiet = true; break;
         case OPT_JSON: u.json = true; break;
+        case OPT_NO_LOCK:   /* fst_store_open() reads it, here and in workers */
+            setenv("FST_NO_LOCK", "1", 1);
+            break;
         case 'h':
             fputs(usage_text, stdout);
             return 0;
