@@ -79,6 +79,11 @@ typedef struct wk {
     uint32_t   work_lo, work_n;
     fst_status last_status;   /* from READY or FATAL */
     char       last_words[600];
+    int64_t    heard_ns;      /* last byte from it, or last time it was
+                                 given work while idle (stall deadline) */
+    int64_t    chunk_t0;      /* WORKING received (per-pair time), or 0 */
+    uint32_t   chunk_n;
+    bool       stalled;       /* killed for making no progress */
 } wk;
 
 typedef struct run {
@@ -118,6 +123,9 @@ typedef struct run {
     char               *key;
     size_t              keycap;
     bool                writer_child;    /* this process writes matches.h5 */
+    /* deadlines (see supervise.c's comment at check_stalls) */
+    int64_t             pair_ns_max;     /* slowest per-pair time seen */
+    int64_t             stop_deadline;   /* graceful stop ends here (0: none) */
 } run;
 
 fst_run_opts fst_run_opts_default(void)
@@ -722,6 +730,7 @@ static fst_status queue_config(run *R, wk *w)
         .index_size = o->index_size,
         .chunk = R->cuda ? 0 : 8,
         .slot = w->slot,
+        .verify = !o->no_verify,
     };
     return fst__wconfig_encode(&w->out, &c);
 }
@@ -818,6 +827,9 @@ static fst_status spawn_worker(run *R, wk *w)
     w->out.len = w->out.off = 0;
     w->last_status = FST_OK;
     w->last_words[0] = '\0';
+    w->heard_ns = fst__now_ns();
+    w->chunk_t0 = 0;
+    w->stalled = false;
     s = queue_config(R, w);
 out:
     if (fa_ok) posix_spawn_file_actions_destroy(&fa);
@@ -985,6 +997,7 @@ static fst_status send_batch(run *R, wk *w, batch *b)
         p->batch = b->id;
     }
     fst__msg_end(&w->out, start);
+    if (!w->nfl) w->heard_ns = fst__now_ns();   /* idle until now: not a stall */
     w->fl[w->nfl++] = b;
     w->sent++;
 out:
@@ -1028,6 +1041,12 @@ static fst_status on_result(run *R, wk *w, fst__rd *r)
         return fst__fail(FST_EFORMAT, "worker %u: result for a pair it was not given", w->slot);
     tpair *p = &R->todo[id];
     b->answered++;
+    if (w->chunk_t0) {
+        /* a chunk's results come together, after it: its first one ends it */
+        int64_t per = (fst__now_ns() - w->chunk_t0) / (w->chunk_n ? w->chunk_n : 1);
+        if (per > R->pair_ns_max) R->pair_ns_max = per;
+        w->chunk_t0 = 0;
+    }
     if (ps != FST_OK) {
         char d[1100];
         snprintf(d, sizeof d, "%.*s", (int)(dl > 1000 ? 1000 : dl), detail);
@@ -1097,6 +1116,8 @@ static fst_status on_message(run *R, wk *w, uint32_t type, fst__rd *r)
         w->work_batch = fst__rd_u32(r);
         w->work_lo = fst__rd_u32(r);
         w->work_n = fst__rd_u32(r);
+        w->chunk_t0 = fst__now_ns();
+        w->chunk_n = w->work_n;
         return FST_OK;
     case FST__MSG_FATAL:
         copy_words(w, r);
@@ -1121,6 +1142,7 @@ static fst_status read_worker(run *R, wk *w, bool *eof)
             break;
         }
         w->in.len += (size_t)n;
+        w->heard_ns = fst__now_ns();
         if (w->in.cap - w->in.len > 0 && (size_t)n < (1u << 16)) break;
     }
     uint32_t type;
@@ -1142,6 +1164,152 @@ static void kill_worker(wk *w)
     kill(w->pid, SIGKILL);
 }
 
+/* ---- deadlines ----
+ *
+ * Nothing waits without one. A worker that has work (a batch in flight, or
+ * its start: store and backend opening) and sends nothing for its stall
+ * limit is killed with SIGKILL and handled as a dead worker (its pairs go
+ * back to the queue; the pairs it was matching get one point, as for any
+ * SIGKILL: a pair is isolated only after stalling workers alone four
+ * times). The limit is max(floor, STALL_FACTOR x the slowest per-pair time
+ * seen in this run x the pairs it is matching at once): a worker sends its
+ * results after each chunk of pairs (8 on the CPU, a batch on a GPU), so a
+ * live one is heard at least once per chunk. The floor (--stall-timeout,
+ * default 60 s on the CPU) covers the first chunks, before any time was
+ * measured: a first batch holds one pair, and one pair of 8k x 8k
+ * keypoints takes about a second on one core. With CUDA the default floor
+ * is 150 s: a GPU worker gives up by itself after its backend's timeout_s
+ * (120 s) and says why, which is better than killing it. A start gets at
+ * least the default floor (a CUDA context and cuBLAS take seconds). The
+ * graceful stop after a first SIGINT/SIGTERM waits for the batches in
+ * flight at most min(floor, STOP_GRACE_S), then drops them. Reaping a
+ * process that closed its socket or was killed waits at most REAP_NS
+ * (then SIGKILL, then REAP_NS more, then gives up on it: a process in an
+ * uninterruptible sleep is left to init rather than waited for). */
+#define STALL_FACTOR     10
+#define STALL_FLOOR_CPU  60.0
+#define STALL_FLOOR_CUDA 150.0
+#define STOP_GRACE_S     10.0
+#define REAP_NS          3000000000LL
+
+static int64_t default_floor_ns(const run *R)
+{
+    return (int64_t)((R->cuda ? STALL_FLOOR_CUDA : STALL_FLOOR_CPU) * 1e9);
+}
+
+static int64_t stall_floor_ns(const run *R)
+{
+    double t = R->o->stall_timeout_s;
+    return t > 0 ? (int64_t)(t * 1e9) : default_floor_ns(R);
+}
+
+/* How long w may stay silent. */
+static int64_t stall_limit_ns(const run *R, const wk *w)
+{
+    int64_t floor = stall_floor_ns(R);
+    if (w->state == W_STARTING) {
+        int64_t d = default_floor_ns(R);
+        return floor > d ? floor : d;
+    }
+    uint32_t n = w->work_batch && w->work_n ? w->work_n : 1;
+    int64_t derived = R->pair_ns_max > INT64_MAX / STALL_FACTOR / 65536
+                          ? INT64_MAX / 2
+                          : R->pair_ns_max * STALL_FACTOR * (int64_t)n;
+    return derived > floor ? derived : floor;
+}
+
+/* What w was doing, for the message. */
+static void describe_work(const run *R, const wk *w, char *buf, size_t len)
+{
+    if (w->state == W_STARTING) {
+        snprintf(buf, len, "starting (opening the store and its backend)");
+        return;
+    }
+    for (int k = 0; k < w->nfl; k++) {
+        const batch *b = w->fl[k];
+        if (b->id != w->work_batch || w->work_lo >= b->n) continue;
+        const tpair *p = &R->todo[b->ids[w->work_lo]];
+        uint32_t n = w->work_n;
+        snprintf(buf, len, "matching pair %s %s%s", nm(R, p->i0), nm(R, p->i1),
+                 n > 1 ? " and the next ones of its chunk" : "");
+        if (n > 1) {
+            size_t l = strlen(buf);
+            snprintf(buf + l, len - l, " (%u pairs)", n);
+        }
+        return;
+    }
+    uint32_t n = 0;
+    for (int k = 0; k < w->nfl; k++) n += w->fl[k]->n;
+    snprintf(buf, len, "holding %d batch%s (%u pairs) not yet begun", w->nfl,
+             w->nfl == 1 ? "" : "es", n);
+}
+
+/* Kill the workers that have had work and sent nothing for their stall
+ * limit; their end of file then goes through on_death. */
+static void check_stalls(run *R, int64_t now)
+{
+    for (uint32_t i = 0; i < R->nw; i++) {
+        wk *w = &R->w[i];
+        if (w->state == W_OFF || w->stalled) continue;
+        if (w->state != W_STARTING && w->nfl == 0) continue;
+        int64_t limit = stall_limit_ns(R, w), quiet = now - w->heard_ns;
+        if (quiet < limit) continue;
+        char what[700];
+        describe_work(R, w, what, sizeof what);
+        notice(R, "warning: worker %u (pid %ld) made no progress for %.1f s (limit %.1f s) "
+               "while %s: killing it (SIGKILL)", w->slot, (long)w->pid, (double)quiet / 1e9,
+               (double)limit / 1e9, what);
+        snprintf(w->last_words, sizeof w->last_words, "stalled (no progress for %.1f s)",
+                 (double)quiet / 1e9);
+        w->stalled = true;
+        R->st->worker_stalls++;
+        kill(w->pid, SIGKILL);
+    }
+}
+
+/* The graceful stop's wait: the floor, at most STOP_GRACE_S. */
+static double stop_grace_s(const run *R)
+{
+    double f = (double)stall_floor_ns(R) / 1e9;
+    return f < STOP_GRACE_S ? f : STOP_GRACE_S;
+}
+
+/* Each tick (TICK_NS: the poll loop wakes at least that often). */
+static void check_deadlines(run *R, int64_t now)
+{
+    check_stalls(R, now);
+    if (R->stopping && !R->dropping && R->stop_deadline && now >= R->stop_deadline) {
+        uint32_t nb = 0;
+        for (uint32_t i = 0; i < R->nw; i++) nb += (uint32_t)R->w[i].nfl;
+        if (nb)
+            notice(R, "note: stopping: the %u batch%s in flight did not finish within %.0f s: "
+                   "dropping %s (the next run redoes %s pairs)", nb, nb > 1 ? "es" : "",
+                   stop_grace_s(R), nb > 1 ? "them" : "it", nb > 1 ? "their" : "its");
+        R->dropping = true;
+    }
+}
+
+/* waitpid(pid) for at most REAP_NS, then SIGKILL and REAP_NS more.
+ * false: it would not end (left unreaped; *ws is 0). */
+static bool reap(pid_t pid, int *ws)
+{
+    *ws = 0;
+    for (int round = 0; round < 2; round++) {
+        int64_t deadline = fst__now_ns() + REAP_NS;
+        for (;;) {
+            pid_t r = waitpid(pid, ws, WNOHANG);
+            if (r == pid) return true;
+            if (r < 0 && errno != EINTR) return false;   /* not ours (any more) */
+            if (fst__now_ns() > deadline) break;
+            struct timespec ts = {0, 5000000};
+            nanosleep(&ts, NULL);
+        }
+        kill(pid, SIGKILL);
+    }
+    *ws = 0;
+    return false;
+}
+
 /* A worker's socket closed: reap it, requeue its pairs, maybe replace it. */
 static fst_status on_death(run *R, wk *w)
 {
@@ -1149,11 +1317,12 @@ static fst_status on_death(run *R, wk *w)
     int ws = 0;
     close(w->fd);
     w->fd = -1;
-    while (waitpid(w->pid, &ws, 0) < 0 && errno == EINTR) {}
+    bool reaped = reap(w->pid, &ws);
     bool was_ready = w->state == W_READY;
     w->state = W_OFF;
     char why[800];
-    describe_exit(ws, why, sizeof why);
+    if (reaped) describe_exit(ws, why, sizeof why);
+    else snprintf(why, sizeof why, "closed its connection but did not end, even after SIGKILL");
     if (w->last_words[0]) {
         size_t l = strlen(why);
         snprintf(why + l, sizeof why - l, ": %s", w->last_words);
@@ -1194,7 +1363,10 @@ static fst_status on_death(run *R, wk *w)
         }
     }
     uint32_t back = 0;
-    unsigned points = WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL ? 1 : 2;
+    /* a crash says most about the pair; a SIGKILL (OOM killer, kill -9, a
+     * stall: ours) less */
+    unsigned points = !reaped || w->stalled || (WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL)
+                          ? 1 : 2;
     for (int k = 0; k < w->nfl; k++) {
         batch *b = w->fl[k];
         for (uint32_t q = 0; q < b->n; q++)
@@ -1319,8 +1491,11 @@ static void stop_workers(run *R, bool now)
             }
             if (r < 0 && errno != EINTR) break;
             if (fst__now_ns() > deadline) {
-                kill(w->pid, SIGKILL);
-                while (waitpid(w->pid, &ws, 0) < 0 && errno == EINTR) {}
+                /* bounded: one in an uninterruptible sleep is left to init */
+                reaped = reap(w->pid, &ws);
+                if (!reaped)
+                    notice(R, "warning: worker %u (pid %ld) did not end after SIGKILL; "
+                           "leaving it", w->slot, (long)w->pid);
                 break;
             }
             struct timespec ts = {0, 5000000};
@@ -1428,10 +1603,13 @@ static fst_status supervise(run *R)
                 if (n > 0 && !R->dropping) {
                     uint32_t nb = 0;
                     for (uint32_t i = 0; i < R->nw; i++) nb += (uint32_t)R->w[i].nfl;
+                    double grace = stop_grace_s(R);
+                    if (!R->stop_deadline)
+                        R->stop_deadline = fst__now_ns() + (int64_t)(grace * 1e9);
                     if (nb)
-                        notice(R, "note: stopping: letting the %u batch%s in flight finish "
-                               "(interrupt again to drop %s)", nb, nb > 1 ? "es" : "",
-                               nb > 1 ? "them" : "it");
+                        notice(R, "note: stopping: letting the %u batch%s in flight finish, "
+                               "for at most %.0f s (interrupt again to drop %s)", nb,
+                               nb > 1 ? "es" : "", grace, nb > 1 ? "them" : "it");
                 }
                 continue;
             }
@@ -1460,6 +1638,7 @@ static fst_status supervise(run *R)
         if (R->first_pending && now - R->first_pending >= commit_ns)
             if ((s = commit(R))) goto out;
         if (now >= R->next_tick) {
+            check_deadlines(R, now);
             sample_pss_paced(R, now);
             report(R, FST_RUN_MATCHING, now);
             R->next_tick = now + TICK_NS;
@@ -1598,6 +1777,7 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     memset(R, 0, sizeof *R);
     memset(stats, 0, sizeof *stats);
     stats->first_pair_ms = -1;
+    stats->verified = !o->no_verify;
     R->o = o;
     R->st = stats;
     R->t0 = fst__now_ns();

@@ -154,6 +154,14 @@ typedef struct fst_run_opts {
     fst_run_progress_cb *progress;
     fst_run_notice_cb   *notice;
     void        *ctx;           /* passed to progress and notice */
+    bool        no_verify;      /* workers skip checking each image's XXH3
+                                   checksum the first time they read it */
+    double      stall_timeout_s;/* a worker with work that sends nothing for
+                                   max(this, 10 x the slowest per-pair time
+                                   seen x its pairs in hand) is killed and its
+                                   pairs requeued; also bounds the graceful
+                                   stop (at most min(this, 10 s)).
+                                   0: 60 s (cpu), 150 s (cuda) */
 } fst_run_opts;
 
 /* fst_run_opts_default() : hloc's NN-mutual, int16, auto device, no
@@ -201,6 +209,8 @@ typedef struct fst_run_stats {
     bool     output_written;
     fst_run_failure *failures;
     size_t   n_failures;
+    bool     verified;         /* workers checked each image's checksum */
+    uint32_t worker_stalls;    /* workers killed for making no progress */
 } fst_run_stats;
 
 /* fst_match_run() :

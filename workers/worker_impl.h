@@ -62,6 +62,8 @@ typedef struct fst__wconfig {
     uint32_t    chunk;        /* pairs per fst_backend_match_batch call
                                  (0: the whole batch) */
     uint32_t    slot;         /* the worker's number, for messages */
+    uint32_t    verify;       /* 1: check each image's checksum the first
+                                 time this worker reads it */
 } fst__wconfig;
 
 /* A growing byte buffer: messages are built here and read from here. */
