@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -126,7 +127,15 @@ typedef struct run {
     /* deadlines (see supervise.c's comment at check_stalls) */
     int64_t             pair_ns_max;     /* slowest per-pair time seen */
     int64_t             stop_deadline;   /* graceful stop ends here (0: none) */
+    struct wshared     *wsh;             /* shared with the writer process */
 } run;
+
+/* A page shared with the process writing matches.h5 (MAP_SHARED): it says
+ * it is alive, the coordinator asks it to stop. */
+typedef struct wshared {
+    volatile uint64_t beats;   /* progress callbacks so far (the writer) */
+    volatile int      stop;    /* a signal number: stop now (the coordinator) */
+} wshared;
 
 fst_run_opts fst_run_opts_default(void)
 {
@@ -1681,16 +1690,11 @@ static int write_progress(uint64_t done, uint64_t total, uint64_t bytes, void *c
     (void)bytes;
     wprog *p = ctx;
     run *R = p->R;
-    if (R->o->stop_fd >= 0) {
-        struct pollfd pf = {R->o->stop_fd, POLLIN, 0};
-        if (poll(&pf, 1, 0) > 0) {
-            unsigned char sig[16];
-            ssize_t n = read(R->o->stop_fd, sig, sizeof sig);
-            if (n > 0) {
-                R->st->signal = sig[n - 1];
-                return 1;
-            }
-        }
+    /* the coordinator reads stop_fd while this process writes (write_watch) */
+    R->wsh->beats++;
+    if (R->wsh->stop) {
+        R->st->signal = R->wsh->stop;
+        return 1;
     }
     int64_t now = fst__now_ns();
     if (now < p->next && done != total)
@@ -1723,6 +1727,8 @@ static fst_status write_output_child(void *ctx, void *result)
     run *R = ctx;
     wresult *res = result;
     R->writer_child = true;
+    const char *hook = getenv("FST_TEST_WRITER_STOP");
+    if (hook && *hook == '1') raise(SIGSTOP);     /* test hook: a stalled writer */
     fst_journal *j = NULL;
     fst_status s = R->j ? fst_journal_open(R->jpath, FST_JOURNAL_RDONLY, &j) : FST_OK;
     if (s == FST_OK) {
@@ -1738,6 +1744,92 @@ static fst_status write_output_child(void *ctx, void *result)
     return s;
 }
 
+/* Signs of life of process `pid`: CPU time and bytes read and written
+ * (/proc/PID/stat, /proc/PID/io), and its state letter. */
+static uint64_t activity(pid_t pid, char *state)
+{
+    char path[64], buf[1024];
+    uint64_t sum = 0;
+    *state = '?';
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "re");
+    if (f) {
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+        const char *p = strrchr(buf, ')');
+        unsigned long long ut = 0, stt = 0;
+        if (p && sscanf(p + 2, "%c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                        state, &ut, &stt) == 3)
+            sum += ut + stt;
+    }
+    snprintf(path, sizeof path, "/proc/%ld/io", (long)pid);
+    if ((f = fopen(path, "re"))) {
+        char line[128];
+        while (fgets(line, sizeof line, f))
+            if (!strncmp(line, "rchar:", 6) || !strncmp(line, "wchar:", 6))
+                sum += strtoull(line + 6, NULL, 10);
+        fclose(f);
+    }
+    return sum;
+}
+
+typedef struct wwatch {
+    run     *R;
+    uint64_t last;            /* activity + beats when last seen changing */
+    int64_t  alive_ns;        /* ... then */
+    bool     stalled, stopped;
+    double   quiet_s;
+} wwatch;
+
+/* The coordinator, while the writer process works (fst__in_child_watched):
+ * a stop request is passed on to it (through the shared page), and obeyed
+ * within the graceful stop's deadline or the writer is killed; a writer
+ * showing no sign of life (progress callback, CPU time, bytes read or
+ * written; a process in an uninterruptible sleep counts as busy) for the
+ * stall floor is killed. Either way every pair stays in the journal. */
+static bool write_watch(void *ctx, pid_t pid)
+{
+    wwatch *ww = ctx;
+    run *R = ww->R;
+    int64_t now = fst__now_ns();
+    if (R->o->stop_fd >= 0) {
+        struct pollfd pf = {R->o->stop_fd, POLLIN, 0};
+        unsigned char sig[16];
+        ssize_t n = poll(&pf, 1, 0) > 0 ? read(R->o->stop_fd, sig, sizeof sig) : 0;
+        if (n > 0) {
+            R->st->signal = sig[n - 1];
+            R->wsh->stop = sig[n - 1];
+            if (!R->stop_deadline) {
+                R->stop_deadline = now + (int64_t)(stop_grace_s(R) * 1e9);
+                notice(R, "note: stopping: letting the writing of %s end, for at most %.0f s",
+                       R->o->output, stop_grace_s(R));
+            }
+        }
+    }
+    if (R->stop_deadline && now >= R->stop_deadline) {
+        notice(R, "note: stopping: the process writing %s (pid %ld) did not stop within "
+               "%.0f s: killing it", R->o->output, (long)pid, stop_grace_s(R));
+        ww->stopped = true;
+        return true;
+    }
+    char state;
+    uint64_t a = activity(pid, &state) + R->wsh->beats;
+    if (a != ww->last || state == 'D' || !ww->alive_ns) {
+        ww->last = a;
+        ww->alive_ns = now;
+        return false;
+    }
+    int64_t limit = stall_floor_ns(R);
+    if (now - ww->alive_ns < limit) return false;
+    ww->quiet_s = (double)(now - ww->alive_ns) / 1e9;
+    notice(R, "warning: the process writing %s (pid %ld) made no progress for %.1f s "
+           "(limit %.1f s): killing it (SIGKILL)", R->o->output, (long)pid, ww->quiet_s,
+           (double)limit / 1e9);
+    ww->stalled = true;
+    return true;
+}
+
 /* Write matches.h5 in a child process (fst__in_child). HDF5 1.10 does not
  * survive a failed write at close: the file stays half-closed and the
  * library's exit handler then crashes, or loops. The child ends with
@@ -1750,9 +1842,25 @@ static fst_status write_output(run *R)
     memset(&res, 0, sizeof res);
     char what[64 + PATH_MAX];
     snprintf(what, sizeof what, "writing %s", o->output);
-    fst_status s = fst__in_child(write_output_child, R, &res, sizeof res, what);
+    R->wsh = mmap(NULL, sizeof *R->wsh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                  -1, 0);
+    if (R->wsh == MAP_FAILED) {
+        R->wsh = NULL;
+        return fst__fail(FST_ENOMEM, "%s: shared page: %s", what, strerror(errno));
+    }
+    wwatch ww = {.R = R};
+    fst_status s = fst__in_child_watched(write_output_child, R, &res, sizeof res, what,
+                                         write_watch, &ww);
+    munmap(R->wsh, sizeof *R->wsh);
+    R->wsh = NULL;
     /* its temporary file, if it died before removing it */
     fst__remove_stale(o->output, ".tmp-", (const char *const[]){"", NULL}, false);
+    if (s == FST_ECHILD && ww.stopped)
+        return fst__fail(FST_EINTR, "%s: stopped", what);
+    if (s == FST_ECHILD && ww.stalled)
+        return fst__fail(FST_EIO, "%s: the process writing it made no progress for %.1f s "
+                         "and was killed; every pair is saved in %s: run the same command "
+                         "again to write it", what, ww.quiet_s, R->jpath);
     if (s == FST_ECHILD)              /* died: an I/O failure, as before */
         return fst__failpre(FST_EIO, "%s", "");
     if (res.peak_pss > R->st->peak_pss) R->st->peak_pss = res.peak_pss;

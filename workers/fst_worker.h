@@ -21,6 +21,10 @@
  *                                      is in the list runs the CPU backend
  *                                      (and logs "cuda=<id>" after the pair),
  *                                      any other fails as a missing device.
+ *   FST_TEST_WRITER_STOP=1             read by the coordinator: the process
+ *                                      it forks to write matches.h5 stops
+ *                                      itself (SIGSTOP) before writing (the
+ *                                      writer's deadline tests).
  */
 #ifndef FST_WORKER_H
 #define FST_WORKER_H

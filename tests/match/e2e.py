@@ -30,6 +30,10 @@ command as a user would ($FEATSTORE), and reads the output the way hloc does
                     its pairs redone, the output identical
   stop_stalled      SIGSTOP every worker, then SIGTERM: exit 143 within the
                     stop deadline, the journal resumes to the identical file
+  writer_stall      the process writing matches.h5 stopped (FST_TEST_WRITER_STOP):
+                    killed after --stall-timeout (exit 1), or after the stop
+                    deadline once SIGTERM came (exit 143); the journal keeps
+                    every pair and the next run writes the identical file
 """
 import json
 import os
@@ -901,6 +905,75 @@ def case_stop_stalled(w):
     with open(out, "rb") as a, open(ref, "rb") as b:
         assert a.read() == b.read(), "resumed output not byte-identical"
     assert leftovers(w, out) == ["m.h5"]
+
+
+def stopped_child(pid, timeout=60):
+    """Wait for a child of `pid` in state T (stopped); its pid."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for k in caselib.children(pid, live_only=True):
+            try:
+                with open(f"/proc/{k}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            if st[st.rindex(")") + 2] == "T":
+                return k
+        time.sleep(0.02)
+    raise AssertionError(f"no stopped child of {pid} after {timeout} s")
+
+
+def case_writer_stall(w):
+    h5, store, feats, imgs = dataset(w, n_images=10, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False)
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref)
+    hook = {"FST_TEST_WRITER_STOP": "1"}
+    # a stalled writer is killed after the stall limit: exit 1, journal kept
+    out = w.p("m.h5")
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json",
+               "--stall-timeout", "2"], hook)
+    kid = stopped_child(p.pid)
+    t0 = time.time()
+    stdout, stderr = finish(p, 60)
+    took = time.time() - t0
+    clean(stderr, "writer_stall")
+    assert p.returncode == 1, (p.returncode, stderr)
+    assert took < 2 + 8, took
+    assert f"writing {out} (pid {kid}) made no progress" in stderr, stderr
+    assert "run the same command again" in stderr, stderr
+    js = json.loads(stdout.strip().splitlines()[-1])
+    assert js["pairs"] == len(expect) and not js["output_written"], js
+    assert gone(kid)
+    assert leftovers(w, out) == ["m.h5.journal", "m.h5.journal-lock"], leftovers(w, out)
+    js, _ = match(store, pairs, out)
+    assert js["pairs_resumed"] == len(expect) and js["pairs"] == 0, js
+    with open(out, "rb") as a, open(ref, "rb") as b:
+        assert a.read() == b.read(), "output not byte-identical"
+    assert leftovers(w, out) == ["m.h5"]
+    # SIGTERM while the writer is stopped: exit 143 within the stop deadline
+    out = w.p("m2.h5")
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json"], hook)
+    kid = stopped_child(p.pid)
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = finish(p, 60)
+    took = time.time() - t0
+    clean(stderr, "writer_stall")
+    assert p.returncode == 143, (p.returncode, stderr)
+    assert took < 10 + 8, took
+    assert "did not stop within 10 s" in stderr, stderr
+    js = json.loads(stdout.strip().splitlines()[-1])
+    assert js["status"] == "interrupted" and js["signal"] == signal.SIGTERM, js
+    assert gone(kid)
+    assert leftovers(w, out) == ["m2.h5.journal", "m2.h5.journal-lock"], leftovers(w, out)
+    js, _ = match(store, pairs, out)
+    assert js["pairs_resumed"] == len(expect), js
+    with open(out, "rb") as a, open(ref, "rb") as b:
+        assert a.read() == b.read(), "resumed output not byte-identical"
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
