@@ -16,12 +16,16 @@ twice.
   bench_verify.py [--featstore build-rel/tools/featstore] [--repeats 7]
                   [--cases sp2k,small] [--workers 2]
 
-Figures: match_s from `--json` (first worker spawned to last result: what
-the workers' hashing adds to) and wall_s (launch to exit).
+Figures, medians of each variant: CPU seconds of the whole process tree
+(user + system, coordinator and workers: getrusage of the waited-for
+children; the steadiest figure on a loaded machine), match_s from `--json`
+(first worker spawned to last result) and, for scale, the CPU seconds of
+`featstore verify` (one XXH3 pass over every record).
 """
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,6 +39,11 @@ CASES = {
     "sp2k": dict(images=100, keypoints=2048, dim=256),
     "small": dict(images=1000, keypoints=256, dim=128),
 }
+
+
+def cpu():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def sh(args):
@@ -56,8 +65,8 @@ def main():
     try:
         print(f"# {fst}, {a.workers} workers, {a.repeats} alternated repeats; "
               f"load average {open('/proc/loadavg').read().split()[0]}")
-        print(f"{'case':6} {'store MB':>8} {'verify s':>9} {'no-verify s':>11} {'ratio':>6}"
-              f" {'wall ratio':>10}")
+        print(f"{'case':6} {'store MB':>8} {'cpu verify':>10} {'cpu no-verify':>13} "
+              f"{'ratio':>6} {'match_s ratio':>13} {'cpu of verify cmd':>17}")
         for name in a.cases.split(","):
             c = CASES[name]
             h5, store, pairs = (os.path.join(tmp, f"{name}.{x}") for x in ("h5", "fst", "txt"))
@@ -67,7 +76,10 @@ def main():
             sh([fst, "import", h5, store, "--quiet"])
             os.unlink(h5)
             t = {True: [], False: []}
-            w = {True: [], False: []}
+            c0 = cpu()
+            sh([fst, "verify", store])
+            vcpu = cpu() - c0
+            u = {True: [], False: []}
             out = os.path.join(tmp, "m.h5")
             for rep in range(a.repeats):
                 for verify in ((True, False) if rep % 2 == 0 else (False, True)):
@@ -77,14 +89,16 @@ def main():
                             "--device", "cpu", "--json", "--quiet"]
                     if not verify:
                         args.append("--no-verify")
+                    c0 = cpu()
                     js = json.loads(sh(args).stdout.strip().splitlines()[-1])
+                    u[verify].append(cpu() - c0)
                     assert js["verify"] is verify and js["pairs_failed"] == 0, js
                     t[verify].append(js["match_s"])
-                    w[verify].append(js["wall_s"])
             mv, mn = statistics.median(t[True]), statistics.median(t[False])
-            wv, wn = statistics.median(w[True]), statistics.median(w[False])
+            uv, un = statistics.median(u[True]), statistics.median(u[False])
             mb = os.path.getsize(store) / 1e6
-            print(f"{name:6} {mb:8.1f} {mv:9.3f} {mn:11.3f} {mv / mn:6.3f} {wv / wn:10.3f}")
+            print(f"{name:6} {mb:8.1f} {uv:10.3f} {un:13.3f} {uv / un:6.3f} {mv / mn:13.3f} "
+                  f"{vcpu:17.3f}")
             sys.stdout.flush()
             os.unlink(store)
             os.unlink(store + "-lock")

@@ -124,8 +124,9 @@ typedef struct run {
     char               *key;
     size_t              keycap;
     bool                writer_child;    /* this process writes matches.h5 */
-    /* deadlines (see supervise.c's comment at check_stalls) */
+    /* deadlines (see "---- deadlines ----") */
     int64_t             pair_ns_max;     /* slowest per-pair time seen */
+    int64_t             last_check_ns;   /* last check_deadlines() */
     int64_t             stop_deadline;   /* graceful stop ends here (0: none) */
     struct wshared     *wsh;             /* shared with the writer process */
 } run;
@@ -1286,6 +1287,13 @@ static double stop_grace_s(const run *R)
 /* Each tick (TICK_NS: the poll loop wakes at least that often). */
 static void check_deadlines(run *R, int64_t now)
 {
+    /* Time this process was not listening (descheduled on a loaded machine,
+     * a slow journal commit, Ctrl-Z) is not the workers' silence. */
+    if (R->last_check_ns && now - R->last_check_ns > 2 * TICK_NS) {
+        int64_t gap = now - R->last_check_ns - TICK_NS;
+        for (uint32_t i = 0; i < R->nw; i++) R->w[i].heard_ns += gap;
+    }
+    R->last_check_ns = now;
     check_stalls(R, now);
     if (R->stopping && !R->dropping && R->stop_deadline && now >= R->stop_deadline) {
         uint32_t nb = 0;
