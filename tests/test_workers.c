@@ -238,7 +238,7 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     fst__msg_end(&b, start);
     fst__wconfig c = {.store = "s.fst", .query = "", .backend = "cpu", .params = "threads=1",
                       .mutual = 1, .ratio = 0.8, .distance = 0, .index_size = 2,
-                      .chunk = 8, .slot = 3};
+                      .chunk = 8, .slot = 3, .verify = 1};
     ASSERT_OK(fst__wconfig_encode(&b, &c));
 
     /* fed byte by byte: nothing until complete */
@@ -274,6 +274,7 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     ASSERT_STREQ(d.params, "threads=1");
     ASSERT_EQ(d.slot, 3);
     ASSERT_EQ(d.chunk, 8);
+    ASSERT_EQ(d.verify, 1);
     ASSERT_NEAR(d.ratio, 0.8, 0);
     for (int i = 0; i < 4; i++) free(strs[i]);
     ASSERT_EQ(fst__msg_next(&in, &type, &r), 0);

@@ -222,7 +222,9 @@ typedef struct fst_run_stats {
  * spawns and reaps its workers, and forks one child that writes matches.h5
  * (so that an HDF5 write failure cannot take the coordinator down);
  * everything it creates besides the output and the journal is removed
- * before it returns. Call it from a single-threaded process. *stats (zeroed first) is
+ * before it returns. Nothing it waits for waits without a deadline: a
+ * stalled worker or writer is killed (see stall_timeout_s), the graceful
+ * stop is bounded. Call it from a single-threaded process. *stats (zeroed first) is
  * filled as far as the run got; free it with fst_run_stats_free(). One run
  * per process at a time.
  * @return FST_OK: every pair done, output written, journal removed;

@@ -861,6 +861,9 @@ def case_stall(w):
     assert gone(kids[0])
     assert_same_output(out, ref)
     assert leftovers(w, out) == ["m.h5"]
+    for bad in ("0", "-1", "x", "1e9"):
+        r = run(["match", store, pairs, "-o", w.p("u.h5"), "--stall-timeout", bad], expect=2)
+        assert "--stall-timeout" in r.stderr, r.stderr
 
 
 def case_stop_stalled(w):
