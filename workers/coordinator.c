@@ -1213,6 +1213,16 @@ static int64_t stall_floor_ns(const run *R)
     return t > 0 ? (int64_t)(t * 1e9) : default_floor_ns(R);
 }
 
+int64_t fst__stall_limit_ns(int64_t floor_ns, int64_t pair_ns_max, uint32_t pairs)
+{
+    int64_t n = pairs ? (int64_t)pairs : 1;
+    if (pair_ns_max < 0) pair_ns_max = 0;
+    int64_t derived = pair_ns_max > INT64_MAX / 4 / STALL_FACTOR / n
+                          ? INT64_MAX / 4
+                          : pair_ns_max * STALL_FACTOR * n;
+    return derived > floor_ns ? derived : floor_ns;
+}
+
 /* How long w may stay silent. */
 static int64_t stall_limit_ns(const run *R, const wk *w)
 {
@@ -1221,11 +1231,8 @@ static int64_t stall_limit_ns(const run *R, const wk *w)
         int64_t d = default_floor_ns(R);
         return floor > d ? floor : d;
     }
-    uint32_t n = w->work_batch && w->work_n ? w->work_n : 1;
-    int64_t derived = R->pair_ns_max > INT64_MAX / STALL_FACTOR / 65536
-                          ? INT64_MAX / 2
-                          : R->pair_ns_max * STALL_FACTOR * (int64_t)n;
-    return derived > floor ? derived : floor;
+    return fst__stall_limit_ns(floor, R->pair_ns_max,
+                               w->work_batch && w->work_n ? w->work_n : 1);
 }
 
 /* What w was doing, for the message. */

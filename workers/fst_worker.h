@@ -12,6 +12,8 @@
  * production):
  *   FST_TEST_CRASH_PAIR="name0 name1"  a worker abort()s when it is handed
  *                                      this pair (crash isolation tests);
+ *   FST_TEST_HANG_PAIR="name0 name1"   a worker stops itself (SIGSTOP) when
+ *                                      it is handed this pair (stall tests);
  *   FST_TEST_PAIR_DELAY_MS=N           a worker sleeps N ms per pair before
  *                                      matching (to kill things mid-run);
  *   FST_TEST_MATCH_LOG=PATH            a worker appends "name0 name1\n" to

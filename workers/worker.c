@@ -48,6 +48,7 @@ typedef struct wstate {
     size_t         mcap, scap;
     /* test hooks */
     char          *crash0, *crash1;
+    char          *hang0, *hang1;
     unsigned       delay_ms;
     int            logfd;
     char           fake_dev[32];  /* FST_TEST_FAKE_CUDA: the "GPU" */
@@ -86,17 +87,23 @@ static fst_status grow_pairs(wstate *w, size_t n)
     return FST_OK;
 }
 
-static void read_hooks(wstate *w)
+static void hook_pair(const char *env, char **n0, char **n1)
 {
-    const char *c = getenv("FST_TEST_CRASH_PAIR");
+    const char *c = getenv(env);
     if (c && *c) {
         const char *sp = strpbrk(c, " \t");
         if (sp) {
-            w->crash0 = strndup(c, (size_t)(sp - c));
+            *n0 = strndup(c, (size_t)(sp - c));
             while (*sp == ' ' || *sp == '\t') sp++;
-            w->crash1 = strdup(sp);
+            *n1 = strdup(sp);
         }
     }
+}
+
+static void read_hooks(wstate *w)
+{
+    hook_pair("FST_TEST_CRASH_PAIR", &w->crash0, &w->crash1);
+    hook_pair("FST_TEST_HANG_PAIR", &w->hang0, &w->hang1);
     const char *d = getenv("FST_TEST_PAIR_DELAY_MS");
     if (d && *d) w->delay_ms = (unsigned)strtoul(d, NULL, 10);
     const char *l = getenv("FST_TEST_MATCH_LOG");
@@ -226,6 +233,11 @@ static fst_status run_chunk(wstate *w, uint32_t batch, fst_reader *rd, fst_reade
             if (!strcmp(w->names + w->pairs[k].off0, w->crash0) &&
                 !strcmp(w->names + w->pairs[k].off1, w->crash1))
                 crash_now();
+    if (w->hang0 && w->hang1)
+        for (size_t k = b; k < e; k++)
+            if (!strcmp(w->names + w->pairs[k].off0, w->hang0) &&
+                !strcmp(w->names + w->pairs[k].off1, w->hang1))
+                raise(SIGSTOP);          /* test: a worker that hangs on a pair */
     for (size_t k = b; k < e; k++) {
         const wpair *p = &w->pairs[k];
         const char *n0 = w->names + p->off0, *n1 = w->names + p->off1;
@@ -447,6 +459,7 @@ out:
     free(w.pairs); free(w.va); free(w.vb); free(w.jobs); free(w.outs); free(w.jpair);
     free(w.names); free(w.mbuf); free(w.sbuf);
     free(w.crash0); free(w.crash1);
+    free(w.hang0); free(w.hang1);
     fst__strtab_free(&w.verified);
     fst__strtab_free(&w.qverified);
     if (w.logfd >= 0) close(w.logfd);

@@ -168,6 +168,15 @@ void fst__u64set_free(fst__u64set *s);
  * UINT32_MAX if no pair names it. */
 uint32_t fst__pairs_find(const fst_pairs *p, const char *name);
 
+/* ---- deadlines (coordinator.c) ---- */
+
+/* fst__stall_limit_ns() :
+ * How long a worker matching `pairs` pairs at once may send nothing before
+ * it counts as stalled: max(floor_ns, 10 x pair_ns_max x pairs), the
+ * slowest per-pair time seen in the run; saturates instead of overflowing
+ * (pairs 0 counts as 1). Pure. */
+int64_t fst__stall_limit_ns(int64_t floor_ns, int64_t pair_ns_max, uint32_t pairs);
+
 /* ---- time ---- */
 int64_t fst__now_ns(void);   /* CLOCK_MONOTONIC */
 

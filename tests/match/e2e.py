@@ -28,6 +28,9 @@ command as a user would ($FEATSTORE), and reads the output the way hloc does
                     written, a re-run retries only those; --no-verify says so
   stall             SIGSTOP one of two workers: killed after --stall-timeout,
                     its pairs redone, the output identical
+  hang_pair         a pair that hangs every worker it is handed to
+                    (FST_TEST_HANG_PAIR): killed at each stall, isolated after
+                    four, reported; the rest written; the next run retries it
   stop_stalled      SIGSTOP every worker, then SIGTERM: exit 143 within the
                     stop deadline, the journal resumes to the identical file
   writer_stall      the process writing matches.h5 stopped (FST_TEST_WRITER_STOP):
@@ -864,6 +867,36 @@ def case_stall(w):
     for bad in ("0", "-1", "x", "1e9"):
         r = run(["match", store, pairs, "-o", w.p("u.h5"), "--stall-timeout", bad], expect=2)
         assert "--stall-timeout" in r.stderr, r.stderr
+
+
+def case_hang_pair(w):
+    h5, store, feats, imgs = dataset(w, n_images=10, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False)
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref)
+    bad = expect[len(expect) // 2]
+    out = w.p("m.h5")
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json",
+               "--stall-timeout", "1"], {"FST_TEST_HANG_PAIR": f"{bad[0]} {bad[1]}"})
+    stdout, stderr = finish(p, 90)
+    clean(stderr, "hang_pair")
+    assert p.returncode == 1, (p.returncode, stderr)
+    js = json.loads(stdout.strip().splitlines()[-1])
+    # one stall is not enough to blame a pair: it takes four, alone
+    assert js["worker_stalls"] >= 4, js
+    assert js["status"] == "failed_pairs" and js["pairs_failed"] == 1, js
+    f = js["failures"][0]
+    assert (f["name0"], f["name1"]) == bad and f["status"] == "ECHILD", f
+    assert "isolated" in f["detail"] and "stalled" in f["detail"], f
+    assert js["pairs"] == len(expect) - 1 and js["output_written"], js
+    assert stderr.count("made no progress") == js["worker_stalls"], stderr
+    # the same command without the hook: only that pair is matched
+    js, _ = match(store, pairs, out)
+    assert js["pairs"] == 1 and js["pairs_existing"] == len(expect) - 1, js
+    assert_same_output(out, ref)
 
 
 def case_stop_stalled(w):
