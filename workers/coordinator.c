@@ -1180,8 +1180,8 @@ static void kill_worker(wk *w)
  * its start: store and backend opening) and sends nothing for its stall
  * limit is killed with SIGKILL and handled as a dead worker (its pairs go
  * back to the queue; the pairs it was matching get one point, as for any
- * SIGKILL: a pair is isolated only after stalling workers alone four
- * times). The limit is max(floor, STALL_FACTOR x the slowest per-pair time
+ * SIGKILL, half a crash's two: a pair is isolated once it has four, the
+ * last time blamed alone). The limit is max(floor, STALL_FACTOR x the slowest per-pair time
  * seen in this run x the pairs it is matching at once): a worker sends its
  * results after each chunk of pairs (8 on the CPU, a batch on a GPU), so a
  * live one is heard at least once per chunk. The floor (--stall-timeout,
