@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -288,6 +289,15 @@ void fst__remove_stale(const char *path, const char *infix,
 fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
                          void *result, size_t result_len, const char *what)
 {
+    return fst__in_child_watched(fn, ctx, result, result_len, what, NULL, NULL);
+}
+
+fst_status fst__in_child_watched(fst_status (*fn)(void *ctx, void *result),
+                                 void *ctx, void *result, size_t result_len,
+                                 const char *what,
+                                 bool (*watch)(void *wctx, pid_t pid),
+                                 void *wctx)
+{
     struct { int32_t status; char detail[sizeof detail]; } res;
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) != 0)
@@ -322,6 +332,18 @@ fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
         _exit(sent ? 0 : 3);
     }
     close(pfd[1]);
+    /* Until the child reports (or its end of the pipe closes), ask the
+     * watcher a few times a second whether to give up on it. */
+    for (bool killed = false; watch;) {
+        struct pollfd pf = { pfd[0], POLLIN, 0 };
+        int pr = poll(&pf, 1, 200);
+        if (pr > 0 || (pr < 0 && errno != EINTR))
+            break;
+        if (!killed && watch(wctx, pid)) {
+            kill(pid, SIGKILL);
+            killed = true;
+        }
+    }
     ssize_t n, m = 0;
     while ((n = read(pfd[0], &res, sizeof res)) < 0 && errno == EINTR) {}
     /* the payload goes to a scratch copy first: `result` stays untouched

@@ -4,6 +4,8 @@
 
 #include "fst_base.h"
 
+#include <sys/types.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -106,6 +108,18 @@ void *fst__file_map(int fd, size_t size, const void *inside);
  * `what` and the signal; `result` is then untouched. */
 fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
                          void *result, size_t result_len, const char *what);
+
+/* fst__in_child_watched() :
+ * fst__in_child(), and while the child works the parent calls
+ * watch(wctx, pid) about every 200 ms (watch may be NULL: fst__in_child());
+ * when it returns true the child is killed with SIGKILL and the call
+ * returns as for a child that died of a signal (FST_ECHILD). The watcher
+ * decides on deadlines (a stalled child, a stop request not obeyed). */
+fst_status fst__in_child_watched(fst_status (*fn)(void *ctx, void *result),
+                                 void *ctx, void *result, size_t result_len,
+                                 const char *what,
+                                 bool (*watch)(void *wctx, pid_t pid),
+                                 void *wctx);
 
 /* ---- arrays (arrays.c) ---- */
 

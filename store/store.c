@@ -818,6 +818,9 @@ static fst_status decode(fst_reader *rd, const MDB_val *k, const MDB_val *v,
     return FST_OK;
 }
 
+static fst_status reader_get(fst_reader *rd, const char *name, unsigned how,
+                             fst_view *out);
+
 static unsigned read_how(const fst_store *st)
 {
     return FST__DEC_ALIGN |
@@ -825,6 +828,17 @@ static unsigned read_how(const fst_store *st)
 }
 
 fst_status fst_reader_get(fst_reader *rd, const char *name, fst_view *out)
+{
+    return reader_get(rd, name, read_how(rd->st), out);
+}
+
+fst_status fst_reader_get_verified(fst_reader *rd, const char *name, fst_view *out)
+{
+    return reader_get(rd, name, read_how(rd->st) | FST__DEC_CHECKSUM, out);
+}
+
+static fst_status reader_get(fst_reader *rd, const char *name, unsigned how,
+                             fst_view *out)
 {
     fst_store *st = rd->st;
     if (!rd->live)
@@ -845,7 +859,7 @@ fst_status fst_reader_get(fst_reader *rd, const char *name, fst_view *out)
         return fst__from_mdb(rc, "%s: image '%s'", st->path,
                              fst__name_for_msg(b, name, len));
     bool visible = false;
-    fst_status s = decode(rd, &k, &v, read_how(st), out, &visible);
+    fst_status s = decode(rd, &k, &v, how, out, &visible);
     if (s == FST_OK && !visible)
         return fst__fail(FST_ENOTFOUND, "%s: no image '%s' (an unfinished "
                          "append holds it)", st->path,

@@ -1154,6 +1154,13 @@ FST_TEST(checksum_detection)
     ASSERT_OK(fst_reader_begin(st, &rd));
     ASSERT_OK(fst_reader_get(rd, "img_0002", &v));
     ASSERT_EQ(v.n, t.img.n);
+    /* ... but a get that verifies, whatever the open flags, does not */
+    ASSERT_STATUS(fst_reader_get_verified(rd, "img_0002", &v), FST_ECORRUPT);
+    ASSERT_CONTAINS(fst_errdetail(), p);
+    ASSERT_CONTAINS(fst_errdetail(), "img_0002");
+    ASSERT_CONTAINS(fst_errdetail(), "checksum");
+    ASSERT_OK(fst_reader_get_verified(rd, "img_0001", &v));
+    ASSERT_STATUS(fst_reader_get_verified(rd, "img_9999", &v), FST_ENOTFOUND);
     fst_reader_end(rd);
     fst_store_close(st);
 

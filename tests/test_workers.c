@@ -311,7 +311,7 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     fst__msg_end(&b, start);
     fst__wconfig c = {.store = "s.fst", .query = "", .backend = "cpu", .params = "threads=1",
                       .mutual = 1, .ratio = 0.8, .distance = 0, .index_size = 2,
-                      .chunk = 8, .slot = 3};
+                      .chunk = 8, .slot = 3, .verify = 1};
     ASSERT_OK(fst__wconfig_encode(&b, &c));
 
     /* fed byte by byte: nothing until complete */
@@ -347,6 +347,7 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     ASSERT_STREQ(d.params, "threads=1");
     ASSERT_EQ(d.slot, 3);
     ASSERT_EQ(d.chunk, 8);
+    ASSERT_EQ(d.verify, 1);
     ASSERT_NEAR(d.ratio, 0.8, 0);
     for (int i = 0; i < 4; i++) free(strs[i]);
     ASSERT_EQ(fst__msg_next(&in, &type, &r), 0);
@@ -455,6 +456,24 @@ FST_TEST(rate_window_is_steady_past_its_length)
     memset(&q, 0, sizeof q);
     fst__rate_push(&q, 0, 0);
     ASSERT_NEAR(fst__rate_push(&q, 1000000, 50), 0.0, 0.0);
+}
+
+FST_TEST(stall_limit_is_the_floor_or_ten_slowest_chunks)
+{
+    const int64_t S = 1000000000LL;
+    /* nothing measured yet: the floor */
+    ASSERT_EQ(fst__stall_limit_ns(60 * S, 0, 8), 60 * S);
+    /* fast pairs: the floor still */
+    ASSERT_EQ(fst__stall_limit_ns(60 * S, S / 100, 8), 60 * S);
+    /* slow pairs: 10 x the slowest pair x the pairs in hand */
+    ASSERT_EQ(fst__stall_limit_ns(60 * S, 2 * S, 8), 160 * S);
+    ASSERT_EQ(fst__stall_limit_ns(2 * S, S / 5, 1), 2 * S);
+    ASSERT_EQ(fst__stall_limit_ns(S, S / 5, 0), 2 * S);      /* 0 pairs: 1 */
+    /* absurd times saturate, never wrap to a tiny or negative limit */
+    int64_t big = fst__stall_limit_ns(60 * S, INT64_MAX / 3, 65536);
+    ASSERT_GE(big, 60 * S);
+    ASSERT_GE(fst__stall_limit_ns(60 * S, INT64_MAX, UINT32_MAX), 60 * S);
+    ASSERT_EQ(fst__stall_limit_ns(60 * S, -5, 8), 60 * S);
 }
 
 FST_TEST(journal_put_commit_reopen)
