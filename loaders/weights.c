@@ -1031,11 +1031,14 @@ fst_status fst_weights_open(const char *path, fst_weights **out)
     if (fd < 0)
         return fst__fail(FST_EIO, "%s: %s", path, strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        int e = errno;
+    if (fstat(fd, &sb) != 0) {
+        fst_status s = fst__fail(FST_EIO, "%s: %s", path, strerror(errno));
         close(fd);
-        return fst__fail(FST_EIO, "%s: %s", path, S_ISREG(sb.st_mode) || e ? strerror(e)
-                         : "not a regular file");
+        return s;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return fst__fail(FST_EIO, "%s: not a regular file", path);
     }
     fst_weights *w = calloc(1, sizeof *w);
     if (!w || !(w->name = strdup(path))) {
