@@ -905,6 +905,11 @@ fst_status fst__pk_run(fst__pk *pk, const uint8_t *buf, size_t len,
 {
     vm m = {.pk = pk, .buf = buf, .len = len, .where = where};
     m.memo_max = len > PK_MIN_MEMO ? len : PK_MIN_MEMO;
+    /* never NULL: `stack + base` is computed for empty ranges too */
+    m.stack_cap = 64;
+    m.stack = malloc(m.stack_cap * sizeof *m.stack);
+    if (!m.stack)
+        return oom(&m);
     fst_status s = FST_OK;
     bool stop = false;
     while (!stop && (s = step(&m, &stop)) == FST_OK)
