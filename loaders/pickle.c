@@ -30,7 +30,47 @@ struct fst__pk {
     chunk           *chunks;
     fst__pk_storage *st;      /* storage table */
     size_t           nst, capst;
+    uint32_t        *hash;    /* open addressing over st by key: index + 1,
+                                 0 empty; 2 x capst slots */
 };
+
+static uint64_t key_hash(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211u;
+    return h;
+}
+
+/* The storage named key[0..n), or SIZE_MAX. */
+static size_t storage_find(const fst__pk *pk, const uint8_t *key, size_t n)
+{
+    if (!pk->hash)
+        return SIZE_MAX;
+    size_t mask = 2 * pk->capst - 1;
+    for (size_t h = (size_t)key_hash(key, n) & mask;; h = (h + 1) & mask) {
+        uint32_t v = pk->hash[h];
+        if (v == 0)
+            return SIZE_MAX;
+        const fst__pk_storage *st = &pk->st[v - 1];
+        if (st->key_len == n && !memcmp(st->key, key, n))
+            return v - 1;
+    }
+}
+
+static void storage_hash_insert(fst__pk *pk, size_t i)
+{
+    size_t mask = 2 * pk->capst - 1;
+    size_t h = (size_t)key_hash(pk->st[i].key, pk->st[i].key_len) & mask;
+    while (pk->hash[h])
+        h = (h + 1) & mask;
+    pk->hash[h] = (uint32_t)(i + 1);
+}
+
+size_t fst__pk_storage_find(const fst__pk *pk, const uint8_t *key, size_t n)
+{
+    return storage_find(pk, key, n);
+}
 
 static void *arena_alloc(fst__pk *pk, size_t n)
 {
@@ -65,6 +105,7 @@ void fst__pk_free(fst__pk *pk)
         free(c);
     }
     free(pk->st);
+    free(pk->hash);
     free(pk);
 }
 
@@ -344,27 +385,33 @@ static fst_status persistent_load(vm *m, fst__pv *pid)
         return fail(m, "storage persistent id: size too large");
     /* the table: one entry per key */
     fst__pk *pk = m->pk;
-    uint32_t idx = UINT32_MAX;
-    for (size_t i = 0; i < pk->nst; i++)
-        if (pk->st[i].key_len == it[2]->u.s.n &&
-            !memcmp(pk->st[i].key, it[2]->u.s.p, it[2]->u.s.n)) {
-            if (pk->st[i].dtype != dt || pk->st[i].numel != numel)
-                return fail(m, "storage named twice with another type or size");
-            idx = (uint32_t)i;
-            break;
-        }
-    if (idx == UINT32_MAX) {
+    size_t found = storage_find(pk, it[2]->u.s.p, it[2]->u.s.n);
+    uint32_t idx;
+    if (found != SIZE_MAX) {
+        if (pk->st[found].dtype != dt || pk->st[found].numel != numel)
+            return fail(m, "storage named twice with another type or size");
+        idx = (uint32_t)found;
+    } else {
+        if (pk->nst >= UINT32_MAX / 4)
+            return fail(m, "too many storages");
         if (pk->nst == pk->capst) {
+            /* grow the table (power of two) and rebuild its hash */
             size_t nc = pk->capst ? 2 * pk->capst : 16;
             fst__pk_storage *ns = realloc(pk->st, nc * sizeof *ns);
             if (!ns)
                 return oom(m);
             pk->st = ns;
+            uint32_t *nh = calloc(2 * nc, sizeof *nh);
+            if (!nh)
+                return oom(m);
+            free(pk->hash);
+            pk->hash = nh;
             pk->capst = nc;
+            for (size_t i = 0; i < pk->nst; i++)
+                storage_hash_insert(pk, i);
         }
-        if (pk->nst >= UINT32_MAX)
-            return fail(m, "too many storages");
         pk->st[pk->nst] = (fst__pk_storage){it[2]->u.s.p, it[2]->u.s.n, dt, numel};
+        storage_hash_insert(pk, pk->nst);
         idx = (uint32_t)pk->nst++;
     }
     fst__pv *v = new_value(m, FST__PV_STORAGE);

@@ -529,10 +529,7 @@ static fst_status open_legacy(fst_weights *w)
             s = fst__fail(FST_EFORMAT, "%s: key %zu is not a string but of type %s", where, i, fst__pv_kind_name(k));
             goto out;
         }
-        size_t si = SIZE_MAX;
-        for (size_t j = 0; j < nst && si == SIZE_MAX; j++)
-            if (st[j].key_len == k->u.s.n && !memcmp(st[j].key, k->u.s.p, k->u.s.n))
-                si = j;
+        size_t si = fst__pk_storage_find(pk, k->u.s.p, k->u.s.n);
         printable(k->u.s.p, k->u.s.n, pn, sizeof pn);
         if (si == SIZE_MAX) {
             s = fst__fail(FST_EFORMAT, "%s: storage '%s' is listed but no tensor uses it",
@@ -1141,6 +1138,12 @@ static char *replace_all(const char *s, const char *old, const char *new_)
     return r;
 }
 
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
 /* 1 + the largest i in "self_attn.<i>" / "cross_attn.<i>" over all names. */
 static int layers_named(const fst_weights *w)
 {
@@ -1174,8 +1177,33 @@ fst_status fst_weights_rename_lightglue(fst_weights *w, int n_layers)
         goto out;
     }
     for (size_t i = 0; i < w->n && !s; i++) {
-        char *cur = strdup(w->t[i].name);
-        for (int l = 0; l < n_layers && cur; l++) {
+        /* Python's loop over every layer, done only for the layers that
+         * can match: "self_attn.<l>" needs <l> to be a prefix of a run of
+         * digits after a '.' of the name (a replacement moves such runs,
+         * never makes new ones), so the others are no-ops. Ascending, as
+         * the reference. */
+        const char *nm = w->t[i].name;
+        int *cand = malloc((strlen(nm) + 1) * sizeof *cand);
+        size_t nc = 0;
+        if (!cand) {
+            s = fst__fail(FST_ENOMEM, "%s: renaming", w->name);
+            break;
+        }
+        for (const char *p = strchr(nm, '.'); p; p = strchr(p + 1, '.')) {
+            long v = 0;
+            for (const char *d = p + 1; *d >= '0' && *d <= '9'; d++) {
+                v = v * 10 + (*d - '0');
+                if (v >= n_layers)
+                    break;
+                cand[nc++] = (int)v;
+            }
+        }
+        qsort(cand, nc, sizeof *cand, cmp_int);
+        char *cur = strdup(nm);
+        for (size_t c = 0; c < nc && cur; c++) {
+            if (c && cand[c] == cand[c - 1])
+                continue;
+            int l = cand[c];
             char o[48], nw[64];
             for (int k = 0; k < 2 && cur; k++) {
                 const char *kind = k ? "cross_attn" : "self_attn";
@@ -1186,6 +1214,7 @@ fst_status fst_weights_rename_lightglue(fst_weights *w, int n_layers)
                 cur = next;
             }
         }
+        free(cand);
         if (!cur)
             s = fst__fail(FST_ENOMEM, "%s: renaming", w->name);
         names[i] = cur;

@@ -100,6 +100,10 @@ fst_status fst__pk_run(fst__pk *pk, const uint8_t *buf, size_t len,
 /* fst__pk_storages() : pk's storage table (*n entries). */
 const fst__pk_storage *fst__pk_storages(const fst__pk *pk, size_t *n);
 
+/* fst__pk_storage_find() : the index in that table of the storage named
+ * key[0..n), or SIZE_MAX. O(1) expected. */
+size_t fst__pk_storage_find(const fst__pk *pk, const uint8_t *key, size_t n);
+
 /* fst__pv_kind_name() : "dict", "tuple", "tensor"... for messages. */
 const char *fst__pv_kind_name(const fst__pv *v);
 

@@ -334,6 +334,42 @@ FST_TEST(rename_refuses_a_file_with_old_and_new_names)
     free(b);
 }
 
+/* Odd names, renamed as Python's str.replace loop does (the expected names
+ * were printed by that loop, range(13)). */
+FST_TEST(rename_matches_pythons_replace_loop_on_odd_names)
+{
+    static const char *const names[][2] = {
+        {"self_attn.12.x", "transformers.1.self_attn2.x"},
+        {"self_attn.1.self_attn.2.y", "transformers.1.self_attn.transformers.2.self_attn.y"},
+        {"cross_attn.0.cross_attn.0.z", "transformers.0.cross_attn.transformers.0.cross_attn.z"},
+        {"a.self_attn.3b", "a.transformers.3.self_attnb"},
+        {"self_attn.03.w", "transformers.0.self_attn3.w"},
+        {"self_attn.13.q", "transformers.1.self_attn3.q"},
+    };
+    size_t k = sizeof names / sizeof names[0];
+    for (int n_layers = 13; n_layers >= 0; n_layers -= 13) {
+        char hdr[2048];
+        size_t at = (size_t)snprintf(hdr, sizeof hdr, "{");
+        for (size_t i = 0; i < k; i++)
+            at += (size_t)snprintf(hdr + at, sizeof hdr - at,
+                                   "%s\"%s\":{\"dtype\":\"U8\",\"shape\":[1],"
+                                   "\"data_offsets\":[%zu,%zu]}", i ? "," : "", names[i][0], i,
+                                   i + 1);
+        snprintf(hdr + at, sizeof hdr - at, "}");
+        size_t n;
+        unsigned char *b = make_st(hdr, k, &n);
+        fst_weights *w = NULL;
+        ASSERT_OK(fst_weights_open_mem(b, n, "odd.safetensors", &w));
+        ASSERT_OK(fst_weights_rename_lightglue(w, n_layers));
+        for (size_t i = 0; i < k; i++) {
+            ASSERT_STREQ(fst_weights_at(w, i)->name, names[i][1]);
+            ASSERT_TRUE(fst_weights_find(w, names[i][1]) == fst_weights_at(w, i));
+        }
+        fst_weights_close(w);
+        free(b);
+    }
+}
+
 FST_TEST(expect_names_tensor_and_both_shapes)
 {
     fst_weights *w = NULL;
