@@ -71,17 +71,18 @@ typedef struct fst_weights_tensor {
     size_t            nbytes;  /* numel x element size */
     /* numel elements, contiguous, row-major, little-endian, 64-byte
      * aligned, never NULL (also for numel 0). Points into the file's map
-     * where the file allows it (torch-zip storages), else into a copy: a
-     * view the file describes with strides or an unaligned offset is
-     * copied contiguous. */
+     * where the bytes are already so (torch-zip storages, which torch
+     * aligns; safetensors tensors at 64-byte offsets), else into a copy
+     * (a view with strides or an offset; legacy storages, which follow an
+     * 8-byte count). */
     const void       *data;
 } fst_weights_tensor;
 
 /* fst_weights_open() :
  * Map the file at `path` (read-only, shared), find its format, interpret its
  * pickles or header and check every tensor against the bytes that hold it.
- * Every length and offset is bounds-checked; zip entries' CRC-32s are
- * verified. *out owns the map and everything fst_weights_at() returns;
+ * Every length and offset is bounds-checked; the CRC-32s of the zip
+ * entries read are verified. *out owns the map and everything fst_weights_at() returns;
  * close it with fst_weights_close(). One fst_weights may be read by any
  * number of threads at once; fst_weights_rename_lightglue() must not run
  * concurrently with readers. The file must not be truncated while open
@@ -97,9 +98,12 @@ typedef struct fst_weights_tensor {
  *         FST_ECORRUPT: a zip entry fails its CRC-32;
  *         FST_EIO: cannot open, stat or map `path`; FST_ENOMEM.
  *         The detail names the file and what is wrong, e.g.
- *         "w.pth: data.pkl: refusing global posix.system" or
- *         "w.pth: tensor 'kenc.0.weight': needs bytes 0..96 of storage
- *         'archive/data/3', which has 64". */
+ *         "w.pth: archive/data.pkl: refusing global posix.system (at
+ *         byte 2)" or "w.pth: archive/data.pkl: tensor 'kenc.0.weight':
+ *         needs elements 0..95 of storage 'archive/data/3', which has 64".
+ *         Views that repeat their storage's elements (expand()) are
+ *         copied, at most 2 x the file size + 64 MB in all; more is
+ *         refused (FST_EFORMAT). */
 fst_status fst_weights_open(const char *path, fst_weights **out);
 
 /* fst_weights_open_mem() :
