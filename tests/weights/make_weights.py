@@ -182,6 +182,28 @@ with zipfile.ZipFile(path('sd.pth')) as zin, \
 manifest.append('refuse sd_deflate.pth EFORMAT is compressed (zip method 8)')
 
 
+# torch >= 2.1 adds <archive>/byteorder: 'little' is read, 'big' refused
+def add_entry(src, dst, name, data):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, 'w', zipfile.ZIP_STORED) as zout:
+        for i in zin.infolist():
+            zout.writestr(i.filename, zin.read(i.filename))
+        zout.writestr(name, data)
+
+
+add_entry(path('sd.pth'), path('sd_byteorder.pth'), 'sd/byteorder', 'little')
+record('sd_byteorder.pth', 'torch-zip', sd)
+add_entry(path('sd.pth'), path('big_endian.pth'), 'sd/byteorder', 'big')
+manifest.append("refuse big_endian.pth EFORMAT a big-endian file (byteorder is not 'little')")
+legacy = open(path('sd_legacy.pth'), 'rb').read()
+big = legacy.replace(b'little_endianq\x02\x88', b'little_endianq\x02\x89', 1)
+assert big != legacy
+with open(path('big_endian_legacy.pth'), 'wb') as f:
+    f.write(big)
+manifest.append('refuse big_endian_legacy.pth EFORMAT written on a big-endian machine')
+# a dtype the reader does not know: its storage type is not an allowed global
+torch.save({'c': torch.zeros(2, dtype=torch.complex64)}, path('complex.pth'))
+manifest.append('refuse complex.pth EFORMAT refusing global torch.ComplexFloatStorage')
+
 # ---- safetensors, by hand ----
 
 def write_safetensors(sd, dst, metadata=None):
