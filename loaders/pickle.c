@@ -320,8 +320,20 @@ static const char *global_name(const fst__pv *g)
 static fst_status push_global(vm *m, const uint8_t *mod, size_t nmod,
                               const uint8_t *name, size_t nname)
 {
+    /* Storages saved from a GPU by old PyTorch name torch.cuda.<T>Storage:
+     * the same bytes, read as torch.load(map_location='cpu') would. */
+    bool cuda = nmod == 10 && !memcmp(mod, "torch.cuda", 10);
     for (size_t i = 0; i < sizeof allowed_globals / sizeof allowed_globals[0]; i++) {
         const allowed *a = &allowed_globals[i];
+        if (cuda && a->g == FST__G_STORAGE_TYPE && strlen(a->name) == nname &&
+            !memcmp(a->name, name, nname)) {
+            fst__pv *v = new_value(m, FST__PV_GLOBAL);
+            if (v) {
+                v->u.global.g = a->g;
+                v->u.global.dtype = a->dtype;
+            }
+            return push(m, v);
+        }
         if (strlen(a->module) == nmod && !memcmp(a->module, mod, nmod) &&
             strlen(a->name) == nname && !memcmp(a->name, name, nname)) {
             fst__pv *v = new_value(m, FST__PV_GLOBAL);

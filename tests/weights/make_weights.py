@@ -182,6 +182,24 @@ with zipfile.ZipFile(path('sd.pth')) as zin, \
 manifest.append('refuse sd_deflate.pth EFORMAT is compressed (zip method 8)')
 
 
+# storages saved from a GPU by old PyTorch: torch.cuda.FloatStorage, location cuda:0
+def rewrite_pkl(src, dst, fn):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, 'w', zipfile.ZIP_STORED) as zout:
+        for i in zin.infolist():
+            data = zin.read(i.filename)
+            zout.writestr(i.filename, fn(data) if i.filename.endswith('/data.pkl') else data)
+
+
+def to_cuda(pkl):
+    out = pkl.replace(b'ctorch\nFloatStorage\n', b'ctorch.cuda\nFloatStorage\n')
+    out = out.replace(b'X\x03\x00\x00\x00cpu', b'X\x06\x00\x00\x00cuda:0')
+    assert out != pkl
+    return out
+
+
+rewrite_pkl(path('sd.pth'), path('sd_cuda.pth'), to_cuda)
+record('sd_cuda.pth', 'torch-zip', sd)
+
 # torch >= 2.1 adds <archive>/byteorder: 'little' is read, 'big' refused
 def add_entry(src, dst, name, data):
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, 'w', zipfile.ZIP_STORED) as zout:
