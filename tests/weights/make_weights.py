@@ -11,12 +11,19 @@ Writes
   sd_p4.pth           torch.save(sd, pickle_protocol=4)   (zip, STACK_GLOBAL, MEMOIZE, FRAME)
   sd_legacy.pth       torch.save(sd, _use_new_zipfile_serialization=False)
   sd_legacy_p4.pth    the same with pickle_protocol=4
+  sd_legacy_py2.pth   sd_legacy.pth with its strings as Python 2 wrote them (SHORT_BINSTRING)
+  sd_cuda.pth         sd.pth naming torch.cuda.FloatStorage at cuda:0, as GPU-saved files do
+  sd_byteorder.pth    sd.pth plus torch >= 2.1's <archive>/byteorder ('little')
   sd_zip64.pth        sd.pth's entries in a zip64 archive written here (every size and
                       offset in zip64 fields, zip64 end records), checked with torch.load
   sd.safetensors      sd written here per the safetensors spec (the package is absent)
   lightglue_old.pth   old LightGlue key names (self_attn.N, cross_attn.N), zip
   params.pth          nn.Parameter objects (torch._utils._rebuild_parameter), legacy
   sd_deflate.pth      sd.pth re-zipped with deflate (must be refused: compressed)
+  big_endian*.pth     byteorder 'big', sys_info little_endian False (refused)
+  complex.pth         a complex64 tensor (its storage type is not allowed: refused)
+  wrapped.pth         a checkpoint {'model': state_dict, 'epoch': 3} (refused, as the
+                      reference loaders would fail on it)
   expand_huge.pth     a 1-element storage viewed as 2^28 elements (stride 0): refused
   evil_*.pth          pickles that would run code (refused; nothing may run)
   manifest.txt        what the tests compare with:
@@ -124,7 +131,29 @@ record('sd_legacy.pth', 'torch-legacy', sd)
 torch.save(sd, path('sd_legacy_p4.pth'), _use_new_zipfile_serialization=False,
            pickle_protocol=4)
 record('sd_legacy_p4.pth', 'torch-legacy', sd)
-for f in ['sd.pth', 'sd_p4.pth', 'sd_legacy.pth', 'sd_legacy_p4.pth']:
+
+
+def py2_strings(data):
+    """The legacy file as Python 2's pickle wrote it: its five pickles with ASCII
+    strings as SHORT_BINSTRING (py2 str) instead of BINUNICODE; storages unchanged."""
+    import pickletools
+    f, out = io.BytesIO(data), b''
+    for _ in range(5):
+        ops = [(op, arg, pos) for op, arg, pos in pickletools.genops(f)]
+        ends = [pos for _, _, pos in ops[1:]] + [f.tell()]
+        for (op, arg, pos), end in zip(ops, ends):
+            if op.name == 'BINUNICODE' and arg.isascii() and len(arg) < 256:
+                out += b'U' + bytes([len(arg)]) + arg.encode()
+            else:
+                out += data[pos:end]
+    return out + data[f.tell():]
+
+
+with open(path('sd_legacy_py2.pth'), 'wb') as f:
+    f.write(py2_strings(open(path('sd_legacy.pth'), 'rb').read()))
+assert b'U\x15kenc.encoder.0.weight' in open(path('sd_legacy_py2.pth'), 'rb').read()
+record('sd_legacy_py2.pth', 'torch-legacy', sd)
+for f in ['sd.pth', 'sd_p4.pth', 'sd_legacy.pth', 'sd_legacy_p4.pth', 'sd_legacy_py2.pth']:
     back = torch.load(path(f))
     assert list(back) == list(sd) and all(torch.equal(back[k], sd[k]) for k in sd), f
 
