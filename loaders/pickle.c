@@ -656,7 +656,7 @@ static fst_status new_long(vm *m, uint64_t n)
 /* Pop the items above the innermost mark into a new tuple or list. */
 static fst_status pop_mark_into(vm *m, fst__pv_kind kind)
 {
-    size_t base;
+    size_t base = 0;
     fst_status s = mark_base(m, &base);
     if (s)
         return s;
@@ -728,7 +728,7 @@ static fst_status step(vm *m, bool *stop)
         m->sp--;
         return FST_OK;
     case '1': {                                  /* POP_MARK */
-        size_t base;
+        size_t base = 0;
         if ((s = mark_base(m, &base)))
             return s;
         m->sp = base;
@@ -828,7 +828,7 @@ static fst_status step(vm *m, bool *stop)
         return FST_OK;
     }
     case 'e': {                                  /* APPENDS */
-        size_t base;
+        size_t base = 0;
         if ((s = mark_base(m, &base)))
             return s;
         if (base == 0 || m->stack[base - 1]->kind != FST__PV_LIST)
@@ -842,7 +842,7 @@ static fst_status step(vm *m, bool *stop)
     case '}':
         return push(m, new_value(m, FST__PV_DICT));
     case 'd': {                                  /* DICT */
-        size_t base;
+        size_t base = 0;
         if ((s = mark_base(m, &base)))
             return s;
         if ((m->sp - base) % 2)
@@ -868,7 +868,7 @@ static fst_status step(vm *m, bool *stop)
         return FST_OK;
     }
     case 'u': {                                  /* SETITEMS */
-        size_t base;
+        size_t base = 0;
         if ((s = mark_base(m, &base)))
             return s;
         if (base == 0 || m->stack[base - 1]->kind != FST__PV_DICT)
