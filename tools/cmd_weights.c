@@ -25,6 +25,17 @@ static const char weights_help[] =
     "                     .cross_attn) as LightGlue's loader does\n"
     "  -h, --help         this text\n";
 
+/* A tensor name on one text line: control characters become '?' (the JSON
+ * output escapes them instead). */
+static void print_name(const char *name, int width)
+{
+    int n = 0;
+    for (const char *p = name; *p; p++, n++)
+        putchar((unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p);
+    for (; n < width; n++)
+        putchar(' ');
+}
+
 int fst_cmd_weights(int argc, char **argv)
 {
     enum { O_JSON = 256, O_LG };
@@ -100,7 +111,9 @@ int fst_cmd_weights(int argc, char **argv)
         printf("parameters  %" PRId64 " (%s)\n", params, fst__human_bytes(bytes, h));
         for (size_t i = 0; i < n; i++) {
             const fst_weights_tensor *t = fst_weights_at(w, i);
-            printf("  %-*s  %-8s  %s\n", (int)width, t->name, fst_weights_dtype_name(t->dtype),
+            printf("  ");
+            print_name(t->name, (int)width);
+            printf("  %-8s  %s\n", fst_weights_dtype_name(t->dtype),
                    fst_weights_shape_str(t->ndim, t->shape, shape, sizeof shape));
         }
     }

@@ -102,8 +102,25 @@ def case_usage(files, refuse, rename):
     assert 'weights' in r.stdout, r.stdout
 
 
+def case_control_characters(files, refuse, rename):
+    """A name holding a newline stays on its line in text, escaped in JSON."""
+    import struct
+    import tempfile
+    h = json.dumps({'a\nb': {'dtype': 'U8', 'shape': [1], 'data_offsets': [0, 1]}}).encode()
+    with tempfile.NamedTemporaryFile(suffix='.safetensors') as f:
+        f.write(struct.pack('<Q', len(h)) + h + b'\x07')
+        f.flush()
+        r = run(f.name)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert len(lines) == 5 and lines[4].split()[:2] == ['a?b', 'uint8'], lines
+        r = run('--json', f.name)
+        assert json.loads(r.stdout)['entries'][0]['name'] == 'a\nb', r.stdout
+
+
 CASES = {'listings': case_listings, 'refused': case_refused,
-         'lightglue_names': case_lightglue_names, 'usage': case_usage}
+         'lightglue_names': case_lightglue_names, 'usage': case_usage,
+         'control_characters': case_control_characters}
 
 if __name__ == '__main__':
     m = manifest()
