@@ -472,46 +472,6 @@ fst_status fst__record_decode(const void *val, size_t len, const void *key,
     return FST_OK;
 }
 
-/* Index of the first non-finite binary32 in a[0..count), or count. The
- * first pass only ORs a flag so that it vectorizes: clean data, the common
- * case, costs one streaming read. */
-static size_t first_bad_f32(const float *a, size_t count)
-{
-    const unsigned char *p = (const unsigned char *)a;
-    uint32_t bad = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint32_t b;
-        memcpy(&b, p + 4 * i, 4);
-        bad |= (b & 0x7f800000u) == 0x7f800000u;
-    }
-    if (!bad)
-        return count;
-    for (size_t i = 0; i < count; i++)
-        if (!isfinite(a[i]))
-            return i;
-    return count;
-}
-
-static size_t first_bad_f16(const uint16_t *a, size_t count)
-{
-    const unsigned char *p = (const unsigned char *)a;
-    unsigned bad = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * i, 2);
-        bad |= (h & 0x7c00u) == 0x7c00u;
-    }
-    if (!bad)
-        return count;
-    for (size_t i = 0; i < count; i++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * i, 2);
-        if ((h & 0x7c00u) == 0x7c00u)
-            return i;
-    }
-    return count;
-}
-
 static const char *nan_or_inf(double x) { return isnan(x) ? "NaN" : "Inf"; }
 
 fst_status fst__image_check_shape(const fst_image *img)
@@ -548,21 +508,21 @@ fst_status fst__image_check(const fst_image *img)
     char b[FST__NAME_MSG];
     const char *nm = fst__name_for_msg(b, img->name, strlen(img->name));
     size_t n = img->n, i;
-    if ((i = first_bad_f32(img->keypoints, n * 2)) < n * 2)
+    if ((i = fst__find_nonfinite32(img->keypoints, n * 2)) < n * 2)
         return fst__fail(FST_EINVAL, "image '%s': keypoints[%zu][%zu] is %s",
                          nm, i / 2, i % 2, nan_or_inf(img->keypoints[i]));
-    if (img->scores && (i = first_bad_f32(img->scores, n)) < n)
+    if (img->scores && (i = fst__find_nonfinite32(img->scores, n)) < n)
         return fst__fail(FST_EINVAL, "image '%s': scores[%zu] is %s", nm, i,
                          nan_or_inf(img->scores[i]));
     size_t nd = n * img->d;
     double x = 0;
     if (img->dtype == FST_DTYPE_F32) {
         const float *dd = img->desc;
-        if ((i = first_bad_f32(dd, nd)) < nd)
+        if ((i = fst__find_nonfinite32(dd, nd)) < nd)
             x = dd[i];
     } else {
         const uint16_t *dh = img->desc;
-        if ((i = first_bad_f16(dh, nd)) < nd)
+        if ((i = fst__find_nonfinite16(dh, nd)) < nd)
             x = fst_f16_to_f32(dh[i]);
     }
     if (i < nd) {
