@@ -132,6 +132,16 @@ void fst__pair_key_part(const char *name, size_t n, char *out);
 size_t fst__find_nonfinite16(const uint16_t *v, size_t n);
 size_t fst__find_nonfinite32(const void *v, size_t n);
 
+/* fst__copy_nonfinite16() / fst__copy_nonfinite32() :
+ * Copy n float16 (bits) / float32 values from src to dst and say whether
+ * any is NaN or Inf, in one pass (the record encoder's copy and check of
+ * its input in one read). No alignment needed; src and dst must not
+ * overlap. */
+bool fst__copy_nonfinite16(void *restrict dst, const void *restrict src,
+                           size_t n);
+bool fst__copy_nonfinite32(void *restrict dst, const void *restrict src,
+                           size_t n);
+
 /* fst__transpose16() / fst__transpose32() :
  * dst (cols x rows) = transpose of src (rows x cols), both row-major,
  * elements of 2 / 4 bytes copied bit for bit (hloc's D x N descriptors to

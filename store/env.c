@@ -30,7 +30,7 @@ typedef struct wclaim {
 } wclaim;
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static fst__env  *reg_envs;
+static fst__env *reg_envs;
 static wclaim *reg_writes;
 
 /* A child forked while another thread holds reg_mu would deadlock on its
