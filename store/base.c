@@ -158,8 +158,7 @@ fst_status fst__fsync_path(const char *path, bool dir)
     close(fd);
     if (rc == 0 || (dir && e == EINVAL))
         return FST_OK;
-    return fst__fail(e == ENOSPC ? FST_EFULL : FST_EIO, "%s: fsync: %s", path,
-                     strerror(e));
+    return fst__fail_io(e, path, 0, "%s: fsync", path);
 }
 
 /* The directory part of `path` into dir ("." or "/" where it has none),
@@ -197,6 +196,16 @@ bool fst__disk_full(const char *path, uint64_t need, uint64_t *avail)
     return free_bytes < (need > FST__DISK_SLACK ? need : FST__DISK_SLACK);
 }
 
+fst_status fst__errno_status(int err)
+{
+    switch (err) {
+    case ENOSPC:
+    case EDQUOT: return FST_EFULL;
+    case ENOMEM: return FST_ENOMEM;
+    default:     return FST_EIO;
+    }
+}
+
 fst_status fst__fail_io(int err, const char *path, uint64_t need,
                         const char *fmt, ...)
 {
@@ -208,13 +217,14 @@ fst_status fst__fail_io(int err, const char *path, uint64_t need,
     if (n < 0)
         what[0] = '\0';
     uint64_t avail = 0;
-    if (err == ENOSPC || err == EDQUOT)
+    fst_status s = fst__errno_status(err);
+    if (s == FST_EFULL)
         return fst__fail(FST_EFULL, "%s: %s (disk full)", what, strerror(err));
-    if (err == EIO && fst__disk_full(path, need, &avail))
+    if (err == EIO && path && fst__disk_full(path, need, &avail))
         return fst__fail(FST_EFULL, "%s: disk full (%s; %llu kB left on "
                          "its file system)", what, strerror(err),
                          (unsigned long long)(avail >> 10));
-    return fst__fail(FST_EIO, "%s: %s", what, strerror(err));
+    return fst__fail(s, "%s: %s", what, strerror(err));
 }
 
 void *fst__file_map(int fd, size_t size, const void *inside)
@@ -378,4 +388,10 @@ fst_status fst__in_child_watched(fst_status (*fn)(void *ctx, void *result),
     if (res.status != FST_OK)
         return fst__fail((fst_status)res.status, "%s", res.detail);
     return FST_OK;
+}
+
+void fst__pair_key_part(const char *name, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = name[i] == '/' ? '-' : name[i];
 }

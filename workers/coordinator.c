@@ -236,8 +236,7 @@ static fst_status check_output(run *R)
     int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     fst_status s = FST_OK;
     if (fd < 0) {
-        s = fst__fail(errno == ENOSPC ? FST_EFULL : FST_EIO, "cannot write output %s: %s",
-                      out, strerror(errno));
+        s = fst__fail_io(errno, out, 0, "cannot write output %s", out);
     } else {
         close(fd);
         unlink(probe);
