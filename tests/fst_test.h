@@ -7,7 +7,8 @@
  * stops at its first failing ASSERT_*, which prints both sides in their own
  * type (comparisons are typed: see ASSERT_EQ below). The program
  * exits 0 if all passed, 1 if any failed, and 77 (meson's SKIP) if every test
- * that ran called FST_SKIP(). Include it in exactly one .c file per program.
+ * that ran called FST_SKIP(). FST_TEST_CLEANUP functions run after the tests,
+ * whichever ran. Include it in exactly one .c file per program.
  */
 #ifndef FST_TEST_H
 #define FST_TEST_H
@@ -49,6 +50,31 @@ static inline void fst_test_register(const char *name, fst_test_fn fn)
     __attribute__((constructor)) static void fst_test_reg_##name(void)   \
     { fst_test_register(#name, fst_test_##name); }                       \
     static void fst_test_##name(void)
+
+/* FST_TEST_CLEANUP(name) { ... } : a function main runs once after the
+ * tests, whichever were selected (none included), in reverse order of
+ * appearance: for removing what the tests left (a temporary directory).
+ * ASSERT_* work in it; a failing cleanup makes the program exit 1. */
+#define FST_TEST_CLEANUP_MAX 16
+static fst_test_case fst_test_cleanups[FST_TEST_CLEANUP_MAX];
+static int fst_test_ncleanups;
+
+static inline void fst_test_register_cleanup(const char *name, fst_test_fn fn)
+{
+    if (fst_test_ncleanups >= FST_TEST_CLEANUP_MAX) {
+        fprintf(stderr, "fst_test.h: more than %d cleanups\n", FST_TEST_CLEANUP_MAX);
+        abort();
+    }
+    fst_test_cleanups[fst_test_ncleanups].name = name;
+    fst_test_cleanups[fst_test_ncleanups].fn = fn;
+    fst_test_ncleanups++;
+}
+
+#define FST_TEST_CLEANUP(name)                                           \
+    static void fst_test_cleanup_##name(void);                           \
+    __attribute__((constructor)) static void fst_test_creg_##name(void)  \
+    { fst_test_register_cleanup(#name, fst_test_cleanup_##name); }       \
+    static void fst_test_cleanup_##name(void)
 
 #define FST_TEST_FAIL_(...) do {                                         \
     printf("# %s:%d: ", __FILE__, __LINE__);                             \
@@ -273,6 +299,12 @@ int main(int argc, char **argv)
             printf("ok %d %s\n", k, fst_test_cases[i].name);
         }
     }
+    for (int i = fst_test_ncleanups - 1; i >= 0; i--)
+        if (fst_test_run_one(fst_test_cleanups[i].fn) == 1) {
+            failed++;
+            printf("# cleanup %s failed\n", fst_test_cleanups[i].name);
+        }
+    if (failed) return 1;
     if (run > 0 && skipped == run) return 77;
     return failed ? 1 : 0;
 }

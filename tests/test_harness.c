@@ -6,6 +6,8 @@
  * pointer against a number) is checked by tests/harness_nocompile.py. */
 #include <limits.h>
 #include <stdint.h>
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fst_test.h"
@@ -124,4 +126,58 @@ FST_TEST(operands_evaluated_once)
     ASSERT_NEAR(i++ * 1.0, 1.0, 0);
     ASSERT_EQ(i, 2);
     ASSERT_EQ(j, 11);
+}
+
+/* ---- cleanups run whichever tests were picked ---- */
+
+/* Writes "cleaned" to $FST_HARNESS_MARK when set (by the test below). */
+FST_TEST_CLEANUP(write_mark)
+{
+    const char *mark = getenv("FST_HARNESS_MARK");
+    if (!mark) return;
+    FILE *f = fopen(mark, "w");
+    ASSERT_TRUE(f != NULL);
+    fputs("cleaned", f);
+    ASSERT_EQ(fclose(f), 0);
+}
+
+/* Run this program with args, FST_HARNESS_MARK=mark: its exit status. */
+static int run_self(const char *mark, char *const args[])
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        setenv("FST_HARNESS_MARK", mark, 1);
+        execv("/proc/self/exe", args);
+        _exit(127);
+    }
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+FST_TEST(cleanup_runs_whichever_tests_are_picked)
+{
+    char dir[] = "/tmp/fst-test-harness-XXXXXX", mark[64];
+    ASSERT_TRUE(mkdtemp(dir) != NULL);
+    snprintf(mark, sizeof mark, "%s/mark", dir);
+    char *one[] = { "test_harness", "operands_evaluated_once", NULL };
+    char *none[] = { "test_harness", "no_such_test", NULL };
+    char *const *cases[] = { one, none };
+    for (int i = 0; i < 2; i++) {
+        unlink(mark);
+        ASSERT_EQ(run_self(mark, cases[i]), 0);
+        char buf[16] = "";
+        FILE *f = fopen(mark, "r");
+        ASSERT_TRUE(f != NULL);
+        ASSERT_TRUE(fgets(buf, sizeof buf, f) != NULL);
+        fclose(f);
+        ASSERT_STREQ(buf, "cleaned");
+    }
+    unlink(mark);
+    rmdir(dir);
+    /* a cleanup that fails makes the program fail, its tests passed or not */
+    ASSERT_EQ(run_self("/nonexistent-dir/mark", one), 1);
 }

@@ -1044,7 +1044,8 @@ FST_TEST(run_reports_errors_without_printing)
     unlink(out);
 }
 
-FST_TEST(cleanup)
+/* Runs after the tests, whichever were picked. */
+FST_TEST_CLEANUP(remove_tmpdir)
 {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
