@@ -953,7 +953,12 @@ static batch *take_work(run *R, wk *w)
     uint64_t guided = (rest + 2 * nal - 1) / (2 * nal);
     if (guided < size) size = guided ? (uint32_t)guided : 1;
     batch *b = malloc(sizeof *b + (size_t)size * sizeof b->ids[0]);
-    if (!b) return NULL;
+    if (!b) {
+        /* not "no work": without this the run would wait forever */
+        R->fatal = FST_ENOMEM;
+        snprintf(R->fatal_detail, sizeof R->fatal_detail, "a batch of pairs for worker %u", w->slot);
+        return NULL;
+    }
     b->id = ++R->next_batch;
     b->answered = 0;
     b->n = 0;
