@@ -24,6 +24,7 @@
  * on one device.
  */
 #include "fst_test.h"
+#include "fst_config.h"
 #include "fst_kernels.h"
 
 #include <fcntl.h>
@@ -797,6 +798,9 @@ FST_TEST(absurd_memory_sizes_are_clear)
 
 FST_TEST(device_faults_are_edevice_then_close_only)
 {
+#if !FST_TEST_HOOKS
+    FST_SKIP("fault= is compiled in only with test hooks (-Dtest_hooks)");
+#endif
     fst_backend *be = open_or_skip(NULL, NULL);
     fst_backend_close(be);
     /* each in its own process: a kernel fault poisons the CUDA context */

@@ -15,6 +15,7 @@
  * queue; the batch being worked on is split at each death until a single
  * pair that killed two workers is isolated.
  */
+#include "fst_config.h"
 #include "worker_impl.h"
 #include "fst_journal.h"
 #include "fst_loader.h"
@@ -631,7 +632,10 @@ static fst_status plan_devices(run *R)
     const fst_run_opts *o = R->o;
     const char *dev = o->device && *o->device ? o->device : "auto";
     /* FST_TEST_FAKE_CUDA (tests only, see fst_worker.h): act as if built. */
-    bool built = fst_backend_available("cuda") || getenv("FST_TEST_FAKE_CUDA");
+    bool built = fst_backend_available("cuda");
+#if FST_TEST_HOOKS
+    built = built || getenv("FST_TEST_FAKE_CUDA");
+#endif
     if (!strcmp(dev, "cpu")) {
         R->cuda = false;
     } else if (!strcmp(dev, "auto")) {
