@@ -269,6 +269,37 @@ static bool isa_ok(const char *name)
     return isa && isa->supported();
 }
 
+/* The instruction set (index into isa_names) the running FST_ISA_TEST
+ * checks; -1 outside one. */
+static int cur_isa = -1;
+
+/* Run body for isa_names[k], or SKIP if this CPU lacks it. */
+static void run_isa_test(int k, void (*body)(void))
+{
+    cur_isa = -1;
+    if (!isa_ok(isa_names[k]))
+        FST_SKIP("this CPU lacks %s", isa_names[k]);
+    cur_isa = k;
+    body();
+    cur_isa = -1;
+}
+
+/* Whether the running FST_ISA_TEST checks isa_names[k]. */
+static bool isa_selected(int k)
+{
+    return k == cur_isa;
+}
+
+/* FST_ISA_TEST(name) { body }: three tests, name_avx512, name_avx2 and
+ * name_scalar, each running body with isa_selected() true for its own
+ * instruction set only. One this CPU lacks shows as SKIP, not as a pass. */
+#define FST_ISA_TEST(name)                                               \
+    static void isa_body_##name(void);                                   \
+    FST_TEST(name##_avx512) { run_isa_test(0, isa_body_##name); }        \
+    FST_TEST(name##_avx2)   { run_isa_test(1, isa_body_##name); }        \
+    FST_TEST(name##_scalar) { run_isa_test(2, isa_body_##name); }        \
+    static void isa_body_##name(void)
+
 /* Fast configurations on one pair of images, every option combination,
  * against fst_match_reference. `all`: every isa x threads 1, 2 x single,
  * batch for every combination; else (large cases, to keep ASan runs
@@ -276,6 +307,7 @@ static bool isa_ok(const char *name)
  * that the eight combinations cover all four. */
 static void check_all_paths(const img *a, const img *b, bool all)
 {
+    ASSERT_TRUE(cur_isa >= 0);       /* called from an FST_ISA_TEST only */
     tops t = tops_make(a, b);
     static const double ratios[] = { 0.0, 0.8 };
     static const double dists[] = { 0.0, 0.7 };
@@ -286,7 +318,7 @@ static void check_all_paths(const img *a, const img *b, bool all)
         result ref = res_make(a->v.n);
         ASSERT_OK(fst_match_reference(&a->v, &b->v, &o, &ref.m));
         for (int k = 0; k < N_ISA; k++) {
-            if (!isa_ok(isa_names[k])) continue;
+            if (!isa_selected(k)) continue;
             for (int th = 1; th <= 2; th++)
             for (int batch = 0; batch < 2; batch++) {
                 int combo = mu * 4 + ri * 2 + di;
@@ -508,7 +540,7 @@ static void boundary_images(float q, img *a, img *b)
     *b = img_make("b", 2, 2, FST_DTYPE_F32, y);
 }
 
-FST_TEST(reference_ratio_boundary_is_inclusive_at_064f)
+FST_ISA_TEST(reference_ratio_boundary_is_inclusive_at_064f)
 {
     /* r = 0.8 -> (float)(0.8 * 0.8) = 0.64f. d1 == 0.64f * d2 is kept. */
     img a, b;
@@ -519,7 +551,7 @@ FST_TEST(reference_ratio_boundary_is_inclusive_at_064f)
     ASSERT_EQ(r.m0[0], 0);
     ASSERT_EQ(r.m0[1], -1);
     for (int k = 0; k < N_ISA; k++) {
-        if (!isa_ok(isa_names[k])) continue;
+        if (!isa_selected(k)) continue;
         char p[32];
         snprintf(p, sizeof p, "isa=%s", isa_names[k]);
         fst_backend *be;
@@ -743,7 +775,7 @@ FST_TEST(isa_auto_picks_a_supported_path)
 
 /* ---- fast paths against the reference ---------------------------------- */
 
-FST_TEST(fast_paths_tiny_sizes_every_d)
+FST_ISA_TEST(fast_paths_tiny_sizes_every_d)
 {
     static const uint32_t ns[] = { 0, 1, 2, 17 };
     static const uint32_t ds[] = { 1, 64, 100, 128, 256 };
@@ -755,7 +787,7 @@ FST_TEST(fast_paths_tiny_sizes_every_d)
     printf("# rows compared %d, exempt (reference within 1e-6) %d\n", n_compared, n_exempt);
 }
 
-FST_TEST(fast_paths_odd_sizes)
+FST_ISA_TEST(fast_paths_odd_sizes)
 {
     rng_seed(12);
     check_sizes(1023, 33, 100, FST_DTYPE_F32, true);
@@ -766,7 +798,7 @@ FST_TEST(fast_paths_odd_sizes)
     printf("# rows compared %d, exempt %d\n", n_compared, n_exempt);
 }
 
-FST_TEST(fast_paths_5000)
+FST_ISA_TEST(fast_paths_5000)
 {
     rng_seed(13);
     check_sizes(5000, 5000, 4, FST_DTYPE_F32, false);
@@ -774,7 +806,7 @@ FST_TEST(fast_paths_5000)
     printf("# rows compared %d, exempt %d\n", n_compared, n_exempt);
 }
 
-FST_TEST(fast_paths_exact_ties)
+FST_ISA_TEST(fast_paths_exact_ties)
 {
     /* duplicated descriptors on both sides: every path must pick the
      * lowest index, exactly as the reference */
@@ -802,7 +834,7 @@ FST_TEST(fast_paths_exact_ties)
     }
 }
 
-FST_TEST(fast_paths_non_unit_descriptors)
+FST_ISA_TEST(fast_paths_non_unit_descriptors)
 {
     rng_seed(15);
     uint32_t n0 = 300, n1 = 333, d = 100;
@@ -823,7 +855,7 @@ FST_TEST(fast_paths_non_unit_descriptors)
     free(x); free(y);
 }
 
-FST_TEST(batch_reuses_packed_images)
+FST_ISA_TEST(batch_reuses_packed_images)
 {
     rng_seed(16);
     uint32_t d = 128;
@@ -835,7 +867,7 @@ FST_TEST(batch_reuses_packed_images)
     /* q-r1, q-r2, q-r2 (same pointers), r2-r1 (a swaps role) */
     const img *pa[4] = { &a, &a, &a, &c }, *pb[4] = { &b, &c, &c, &b };
     for (int k = 0; k < N_ISA; k++) {
-        if (!isa_ok(isa_names[k])) continue;
+        if (!isa_selected(k)) continue;
         char p[48];
         snprintf(p, sizeof p, "isa=%s,threads=2", isa_names[k]);
         fst_backend *be;
@@ -900,7 +932,7 @@ FST_TEST(buffers_are_reused_across_sizes)
 
 /* ---- the planted-correspondence criterion ----------------------- */
 
-FST_TEST(nn_mutual_recovers_planted_correspondences)
+FST_ISA_TEST(nn_mutual_recovers_planted_correspondences)
 {
     rng_seed(18);
     uint32_t n0 = 1500, n1 = 1500, d = 128;
@@ -929,7 +961,7 @@ FST_TEST(nn_mutual_recovers_planted_correspondences)
     ASSERT_OK(fst_match_preset("NN-mutual", &o));
     for (int dt = 0; dt < 2; dt++)
     for (int k = 0; k < N_ISA; k++) {
-        if (!isa_ok(isa_names[k])) continue;
+        if (!isa_selected(k)) continue;
         img a = img_make("A", n0, d, dt ? FST_DTYPE_F16 : FST_DTYPE_F32, x);
         img b = img_make("B", n1, d, dt ? FST_DTYPE_F16 : FST_DTYPE_F32, y);
         char p[32];

@@ -24,6 +24,7 @@
  * on one device.
  */
 #include "fst_test.h"
+#include "fst_config.h"
 #include "fst_kernels.h"
 
 #include <fcntl.h>
@@ -615,7 +616,7 @@ FST_TEST(parity_large_pair_is_tiled)
     result_init(&r, 1500);
     ASSERT_OK(fst_backend_match(be, &a.v, &b.v, &r.m));
     check_parity(&a, &b, &o, &r.m, "tiled");
-    ASSERT_EQ(stat_of(be, "split="), 1);
+    ASSERT_NEAR(stat_of(be, "split="), 1, 0);        /* a count */
     /* a strip of 128 rows of b's 5000 columns does not fit 2 MB */
     image c;
     make_image(&c, "wide", 5000, d, FST_DTYPE_F16, NULL);
@@ -669,9 +670,9 @@ FST_TEST(cache_hits_are_counted)
             jobs[k] = (fst_match_job){ &im[i].v, &im[j].v, &res[k].m, FST_OK };
         }
     ASSERT_OK(fst_backend_match_batch(be, jobs, 28));
-    ASSERT_EQ(stat_of(be, "misses="), 8);  /* each image crossed once */
+    ASSERT_NEAR(stat_of(be, "misses="), 8, 0); /* each image crossed once */
     ASSERT_OK(fst_backend_match_batch(be, jobs, 28));
-    ASSERT_EQ(stat_of(be, "misses="), 8);  /* warm: no upload at all */
+    ASSERT_NEAR(stat_of(be, "misses="), 8, 0); /* warm: no upload at all */
     ASSERT_GT(stat_of(be, "hits="), 0);
     char buf[1024];
     fst_backend_stats(be, buf, sizeof buf);
@@ -797,6 +798,9 @@ FST_TEST(absurd_memory_sizes_are_clear)
 
 FST_TEST(device_faults_are_edevice_then_close_only)
 {
+#if !FST_TEST_HOOKS
+    FST_SKIP("fault= is compiled in only with test hooks (-Dtest_hooks)");
+#endif
     fst_backend *be = open_or_skip(NULL, NULL);
     fst_backend_close(be);
     /* each in its own process: a kernel fault poisons the CUDA context */

@@ -366,6 +366,27 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     fst__buf_free(&b);
 }
 
+/* A configuration that fails to decode leaves no string for the caller to
+ * free twice (the worker frees all four at its end, whatever happened). */
+FST_TEST(protocol_bad_config_frees_its_strings_once)
+{
+    fst__buf b = {0};
+    fst__wconfig c = {.store = "s.fst", .query = "", .backend = "cpu", .params = "",
+                      .index_size = 3};                   /* neither 2 nor 4 */
+    ASSERT_OK(fst__wconfig_encode(&b, &c));
+    uint32_t type;
+    fst__rd r;
+    ASSERT_EQ(fst__msg_next(&b, &type, &r), 1);
+    fst__wconfig d;
+    char *strs[4] = {0};
+    ASSERT_STATUS(fst__wconfig_decode(&r, &d, strs), FST_EFORMAT);
+    for (int i = 0; i < 4; i++) {
+        ASSERT_TRUE(strs[i] == NULL);
+        free(strs[i]);                    /* as fst_worker_main does */
+    }
+    fst__buf_free(&b);
+}
+
 FST_TEST(protocol_over_a_socket)
 {
     int sv[2];
@@ -767,7 +788,8 @@ FST_TEST(run_reports_errors_without_printing)
     unlink(out);
 }
 
-FST_TEST(cleanup)
+/* Runs after the tests, whichever were picked. */
+FST_TEST_CLEANUP(remove_tmpdir)
 {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -84,7 +84,7 @@ test)
     if [ "${1:-}" = "--fuzz" ]; then fuzz=1; shift; fi
     install_missing
     # Sanitized build: every test runs under ASan + UBSan (+ LeakSanitizer).
-    configure build-test -Dbuildtype=debugoptimized \
+    configure build-test -Dbuildtype=debugoptimized -Dtest_hooks=enabled \
         -Db_sanitize=address,undefined -Db_lundef=false
     ninja -C build-test >&2
     rc=0

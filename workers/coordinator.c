@@ -15,6 +15,7 @@
  * queue; the batch being worked on is split at each death until a single
  * pair that killed two workers is isolated.
  */
+#include "fst_config.h"
 #include "worker_impl.h"
 #include "fst_journal.h"
 #include "fst_loader.h"
@@ -827,7 +828,10 @@ static fst_status plan_devices(run *R)
     const fst_run_opts *o = R->o;
     const char *dev = o->device && *o->device ? o->device : "auto";
     /* FST_TEST_FAKE_CUDA (tests only, see fst_worker.h): act as if built. */
-    bool built = fst_backend_available("cuda") || getenv("FST_TEST_FAKE_CUDA");
+    bool built = fst_backend_available("cuda");
+#if FST_TEST_HOOKS
+    built = built || getenv("FST_TEST_FAKE_CUDA");
+#endif
     if (!strcmp(dev, "cpu")) {
         R->cuda = false;
     } else if (!strcmp(dev, "auto")) {
@@ -1153,7 +1157,12 @@ static batch *take_work(run *R, wk *w)
     uint64_t guided = (rest + 2 * nal - 1) / (2 * nal);
     if (guided < size) size = guided ? (uint32_t)guided : 1;
     batch *b = malloc(sizeof *b + (size_t)size * sizeof b->ids[0]);
-    if (!b) return NULL;
+    if (!b) {
+        /* not "no work": without this the run would wait forever */
+        R->fatal = FST_ENOMEM;
+        snprintf(R->fatal_detail, sizeof R->fatal_detail, "a batch of pairs for worker %u", w->slot);
+        return NULL;
+    }
     b->id = ++R->next_batch;
     b->answered = 0;
     b->n = 0;
@@ -1920,8 +1929,10 @@ static fst_status write_output_child(void *ctx, void *result)
     run *R = ctx;
     wresult *res = result;
     R->writer_child = true;
+#if FST_TEST_HOOKS
     const char *hook = getenv("FST_TEST_WRITER_STOP");
     if (hook && *hook == '1') raise(SIGSTOP);     /* test hook: a stalled writer */
+#endif
     fst_journal *j = NULL;
     fst_status s = R->j ? fst_journal_open(R->jpath, FST_JOURNAL_RDONLY, &j) : FST_OK;
     if (s == FST_OK) {

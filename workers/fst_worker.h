@@ -9,7 +9,8 @@
  * never touches CUDA. fst_worker_main() is the worker's side.
  *
  * Test-only environment hooks, read by the workers (never set them in
- * production):
+ * production; compiled in only with -Dtest_hooks, on by default in all but
+ * release and minsize builds, FST_TEST_HOOKS in fst_config.h):
  *   FST_TEST_CRASH_PAIR="name0 name1"  a worker abort()s when it is handed
  *                                      this pair (crash isolation tests);
  *   FST_TEST_HANG_PAIR="name0 name1"   a worker stops itself (SIGSTOP) when

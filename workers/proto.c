@@ -238,7 +238,10 @@ fst_status fst__wconfig_decode(fst__rd *r, fst__wconfig *c, char **strings)
         const char *p = fst__rd_str(r, &n);
         strings[i] = malloc((size_t)n + 1);
         if (!strings[i]) {
-            for (int k = 0; k < i; k++) free(strings[k]);
+            for (int k = 0; k < i; k++) {   /* NULL: the caller frees them too */
+                free(strings[k]);
+                strings[k] = NULL;
+            }
             return fst__fail(FST_ENOMEM, "worker configuration");
         }
         memcpy(strings[i], p, n);
@@ -256,7 +259,10 @@ fst_status fst__wconfig_decode(fst__rd *r, fst__wconfig *c, char **strings)
     c->slot = fst__rd_u32(r);
     c->verify = fst__rd_u32(r);
     if (r->bad || (c->index_size != 2 && c->index_size != 4)) {
-        for (int k = 0; k < 4; k++) free(strings[k]);
+        for (int k = 0; k < 4; k++) {
+            free(strings[k]);
+            strings[k] = NULL;
+        }
         return fst__fail(FST_EFORMAT, "malformed worker configuration");
     }
     return FST_OK;

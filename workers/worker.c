@@ -9,6 +9,7 @@
  * coordinator copies them into the journal as they are. Buffers are kept
  * and reused from batch to batch (see CONTEXT.md on malloc fragmentation).
  */
+#include "fst_config.h"
 #include "worker_impl.h"
 #include "fst_store.h"
 
@@ -87,6 +88,7 @@ static fst_status grow_pairs(wstate *w, size_t n)
     return FST_OK;
 }
 
+#if FST_TEST_HOOKS
 static void hook_pair(const char *env, char **n0, char **n1)
 {
     const char *c = getenv(env);
@@ -99,16 +101,19 @@ static void hook_pair(const char *env, char **n0, char **n1)
         }
     }
 }
+#endif
 
 static void read_hooks(wstate *w)
 {
+    w->logfd = -1;
+#if FST_TEST_HOOKS
     hook_pair("FST_TEST_CRASH_PAIR", &w->crash0, &w->crash1);
     hook_pair("FST_TEST_HANG_PAIR", &w->hang0, &w->hang1);
     const char *d = getenv("FST_TEST_PAIR_DELAY_MS");
     if (d && *d) w->delay_ms = (unsigned)strtoul(d, NULL, 10);
     const char *l = getenv("FST_TEST_MATCH_LOG");
-    w->logfd = -1;
     if (l && *l) w->logfd = open(l, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+#endif
 }
 
 static void sleep_ms(unsigned ms)
@@ -381,7 +386,11 @@ static fst_status open_all(wstate *w)
     mo.ratio_threshold = w->cfg.ratio;
     mo.distance_threshold = w->cfg.distance;
     const char *backend = w->cfg.backend, *params = w->cfg.params;
+#if FST_TEST_HOOKS
     const char *fake = getenv("FST_TEST_FAKE_CUDA");
+#else
+    const char *fake = NULL;
+#endif
     if (fake && !strcmp(backend, "cuda")) {
         /* Test only: a "GPU" is a CPU backend; the devices listed work. */
         const char *dev = getenv("CUDA_VISIBLE_DEVICES");

@@ -120,7 +120,9 @@ fst_status fst__write_all(int fd, const void *p, size_t n);
 fst_status fst__read_msg(int fd, fst__buf *b, uint32_t *type, fst__rd *payload);
 
 fst_status fst__wconfig_encode(fst__buf *b, const fst__wconfig *c);
-/* Strings point into the payload: copy them before the buffer is reused. */
+/* Strings point into the payload: copy them before the buffer is reused.
+ * On failure every strings[i] is freed and NULL (freeing them again is
+ * harmless). @return FST_OK; FST_ENOMEM; FST_EFORMAT. */
 fst_status fst__wconfig_decode(fst__rd *r, fst__wconfig *c,
                                char **strings /* 4 malloc'd copies */);
 

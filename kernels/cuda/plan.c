@@ -99,6 +99,7 @@ fst_status fst__cu_params_parse(const char *params, fst_cu_params *out)
             p.timeout_s = (uint32_t)v;
         } else if (strcmp(key, "profile") == 0) {
             if ((s = parse_bool(key, val, &p.profile)) != FST_OK) return s;
+#if FST_TEST_HOOKS
         } else if (strcmp(key, "fault") == 0) {
             static const char *const names[] = { "none", "oom", "kernel",
                                                  "hang" };
@@ -109,6 +110,7 @@ fst_status fst__cu_params_parse(const char *params, fst_cu_params *out)
             if (p.fault < 0)
                 return fst__fail(FST_EINVAL, "cuda backend: fault=%s: expected "
                                  "none, oom, kernel or hang", val);
+#endif
         } else {
             return fst__fail(FST_EINVAL, "cuda backend: unknown parameter "
                              "'%s' (known: device, cache_mb, headroom_mb, "

@@ -24,8 +24,9 @@ extern "C" {
 
 enum { FST_CU_XFER_RING = 0, FST_CU_XFER_REGISTER = 1 };
 
-/* fault= (tests only): make the first batch after open fail on the device
- * so that tests/test_parity.c can check every error path. */
+/* fault= (tests only, parsed only in builds with FST_TEST_HOOKS): make the
+ * first batch after open fail on the device so that tests/test_parity.c
+ * can check every error path. */
 enum { FST_CU_FAULT_NONE = 0, FST_CU_FAULT_OOM, FST_CU_FAULT_KERNEL,
        FST_CU_FAULT_HANG };
 
