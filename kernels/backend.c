@@ -2,10 +2,12 @@
  * the fst_backend_* calls that dispatch to a backend's ops. */
 #include "backend_impl.h"
 #include "fst_config.h"
+#include "module_abi.h"
 
 #include <dlfcn.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,67 @@
 __attribute__((weak)) const fst_backend_ops *fst__cuda_backend(void);
 
 static char cuda_module_error[512];
+
+/* What the module calls featstore for, in this program (module_abi.h). */
+static fst_status host_vfail(fst_status s, bool prefix, const char *fmt,
+                             va_list ap)
+{
+    /* longer than the detail slot, so that fst__fail marks an over-long
+     * message as cut */
+    char msg[2048];
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    if (n >= (int)sizeof msg)
+        memcpy(msg + sizeof msg - 4, "...", 4);
+    return prefix ? fst__failpre(s, "%s", msg) : fst__fail(s, "%s", msg);
+}
+
+static void host_assert_fail(const char *what, const char *file, int line)
+{
+    fst__assert_fail(what, file, line);
+}
+
+static const fst_module_host module_host = {
+    .abi = FST_MODULE_ABI,
+    .size = sizeof(fst_module_host),
+    .vfail = host_vfail,
+    .errdetail = fst_errdetail,
+    .assert_fail = host_assert_fail,
+    .dtype_size = fst_dtype_size,
+    .param_next = fst__param_next,
+    .match_check = fst__match_check,
+    .backend_name = fst_backend_name,
+    .match_reference = fst_match_reference,
+};
+
+/* Load `path` and get its ops through its entry point; NULL with
+ * cuda_module_error set if it is no module of this featstore build. */
+static const fst_backend_ops *load_module(const char *path)
+{
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(cuda_module_error, sizeof cuda_module_error, "%.500s", dlerror());
+        return NULL;
+    }
+    fst_module_entry_fn entry;
+    *(void **)&entry = dlsym(h, FST_MODULE_ENTRY);
+    if (!entry) {
+        snprintf(cuda_module_error, sizeof cuda_module_error,
+                 "%.400s: no %s (not a backend module of this featstore)", path,
+                 FST_MODULE_ENTRY);
+        dlclose(h);
+        return NULL;
+    }
+    const fst_backend_ops *ops = NULL;
+    uint32_t abi = entry(FST_MODULE_ABI, &module_host, &ops);
+    if (abi != FST_MODULE_ABI || !ops) {
+        snprintf(cuda_module_error, sizeof cuda_module_error,
+                 "%.400s: module ABI %u, this program's is %u (built from "
+                 "another featstore)", path, abi, FST_MODULE_ABI);
+        dlclose(h);
+        return NULL;
+    }
+    return ops;   /* the module stays loaded for the process's life */
+}
 
 static const fst_backend_ops *cuda_from_module(void)
 {
@@ -44,22 +107,9 @@ static const fst_backend_ops *cuda_from_module(void)
     }
     snprintf(cand[nc++], sizeof cand[0], "%s", FST_CUDA_MODULE_INSTALLED);
     cuda_module_error[0] = '\0';
-    for (int i = 0; i < nc && !ops; i++) {
-        if (access(cand[i], F_OK) != 0)
-            continue;
-        void *h = dlopen(cand[i], RTLD_NOW | RTLD_LOCAL);
-        if (!h) {
-            snprintf(cuda_module_error, sizeof cuda_module_error, "%.500s", dlerror());
-            continue;
-        }
-        const fst_backend_ops *(*entry)(void);
-        *(void **)&entry = dlsym(h, "fst__cuda_backend");
-        if (entry)
-            ops = entry();
-        else
-            snprintf(cuda_module_error, sizeof cuda_module_error,
-                     "%.400s: no fst__cuda_backend", cand[i]);
-    }
+    for (int i = 0; i < nc && !ops; i++)
+        if (access(cand[i], F_OK) == 0)
+            ops = load_module(cand[i]);
     if (!ops && !cuda_module_error[0])
         snprintf(cuda_module_error, sizeof cuda_module_error,
                  "libfst_cuda.so not found (looked in %.200s%s%.200s; set "

@@ -33,8 +33,9 @@ struct fst_backend {
 /* Registry entries (backend.c lists them). */
 const fst_backend_ops *fst__cpu_backend(void);
 #if defined(FST_HAVE_CUDA) && FST_HAVE_CUDA
-/* In kernels/cuda/ (libfst_cuda.so, or linked into a test); backend.c
- * declares it weak and loads the module when it is not linked in. */
+/* In kernels/cuda/, linked into the backend's tests and the GPU
+ * benchmark; backend.c declares it weak and, where it is not linked in,
+ * loads libfst_cuda.so, whose entry point returns it (module_abi.h). */
 const fst_backend_ops *fst__cuda_backend(void);
 #endif
 

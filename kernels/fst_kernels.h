@@ -74,7 +74,10 @@ typedef struct fst_backend fst_backend;
  *   taking a share of b's keypoints; the result does not depend on N),
  *   isa=auto|avx512|avx2|scalar (default auto, the best this CPU runs;
  *   one this CPU lacks is FST_ENODEVICE).
- * CUDA keys: device=N, cache_mb=N, headroom_mb=N.
+ * CUDA keys: device, cache_mb, headroom_mb, share, sim_mb, ring_mb,
+ *   transfer, tf32, pad, timeout_s, profile (README.md's "Parameters"
+ *   table gives each one's values, default and meaning), and fault, for
+ *   tests only (kernels/cuda/plan.h).
  * *out is owned by the caller: fst_backend_close() it. One thread at a time
  * per backend. A backend keeps its working buffers between calls (they
  * only grow), so a worker matching millions of pairs allocates nothing
@@ -140,10 +143,14 @@ void fst_backend_close(fst_backend *be);
 
 /* fst_backend_available() :
  * Whether backend `name` was built into this binary ("cpu" always is). Says
- * nothing about devices being present, and loads nothing: the "cuda"
- * backend is a module (libfst_cuda.so, found beside the build tree's
- * programs, in <libdir>/featstore, or at $FST_CUDA_MODULE) that only the
- * process opening it loads, so CPU processes never map CUDA or cuBLAS. */
+ * nothing about devices being present. The "cuda" backend is a module
+ * (libfst_cuda.so, found beside the build tree's programs, in
+ * <libdir>/featstore, or at $FST_CUDA_MODULE) that only the process
+ * opening it should load, so CPU processes never map CUDA or cuBLAS:
+ * asking for "cpu" or "cuda" loads nothing ("cuda" is true when built,
+ * whether or not its module would load); asking for any other name asks
+ * every built backend its name, which loads the module (dlopen) in a
+ * build with CUDA, as fst_backend_open() of an unknown name does. */
 bool fst_backend_available(const char *name);
 
 #ifdef __cplusplus

@@ -14,7 +14,7 @@
  * bound. Everything else must be equal.
  *
  * FST_PARITY_QUICK=1 keeps sizes and pair counts small: for runs against
- * the CPU mock of the CUDA runtime (kernels/cuda/mock), where the "GPU" is
+ * the CPU mock of the CUDA runtime (tests/cuda_mock/), where the "GPU" is
  * a plain loop.
  *
  * Child processes (fork + exec of this program, FST_PARITY_CHILD=<what>)

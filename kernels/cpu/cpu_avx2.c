@@ -17,13 +17,6 @@
 
 enum { MR = 6, NR = 16, LANES = 8 };
 
-static uint32_t col_block(uint32_t d)
-{
-    uint32_t per = NR * (d ? d : 1) * (uint32_t)sizeof(float);
-    uint32_t nb = (256u << 10) / per;
-    return nb ? nb : 1;
-}
-
 static bool supported(void)
 {
     /* F16C by CPUID: clang's __builtin_cpu_supports does not know it */
@@ -72,32 +65,33 @@ T256 static void pack(const void *src, int dt, uint32_t n, uint32_t d,
 
 #define ACC_LIST(X) X(0) X(1) X(2) X(3) X(4) X(5)
 
-T256_INLINE void kernel(const float *restrict a, const float *restrict b,
-                        uint32_t d, float *restrict tile)
+/* The vector operations sweep_tmpl.h builds the micro-kernel and the
+ * reductions from; a lane mask is a vector of all-ones or zero lanes. */
+typedef __m256 vf;
+typedef __m256i vi;
+typedef __m256 vk;
+T256_INLINE vf vf_zero(void) { return _mm256_setzero_ps(); }
+T256_INLINE vf vf_set1(float x) { return _mm256_set1_ps(x); }
+T256_INLINE vf vf_load(const float *p) { return _mm256_load_ps(p); }
+T256_INLINE void vf_store(float *p, vf v) { _mm256_store_ps(p, v); }
+T256_INLINE vf vf_bcast(const float *p) { return _mm256_broadcast_ss(p); }
+T256_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+T256_INLINE vi vi_set1(int32_t x) { return _mm256_set1_epi32(x); }
+T256_INLINE vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
+T256_INLINE vi vi_load(const int32_t *p) { return _mm256_load_si256((const __m256i *)p); }
+T256_INLINE void vi_store(int32_t *p, vi v) { _mm256_store_si256((__m256i *)p, v); }
+T256_INLINE vi vi_iota(void) { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+T256_INLINE vk vk_first(int n)
 {
-#define DECL(r) __m256 c##r##_0 = _mm256_setzero_ps(), c##r##_1 = _mm256_setzero_ps();
-    ACC_LIST(DECL)
-#undef DECL
-    for (uint32_t k = 0; k < d; k++) {
-        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-        __m256 t;
-#define STEP(r) t = _mm256_broadcast_ss(a + (r));         \
-        c##r##_0 = _mm256_fmadd_ps(t, b0, c##r##_0);      \
-        c##r##_1 = _mm256_fmadd_ps(t, b1, c##r##_1);
-        ACC_LIST(STEP)
-#undef STEP
-        a += MR;
-        b += NR;
-    }
-#define STORE(r) _mm256_store_ps(tile + (r) * NR, c##r##_0); \
-                 _mm256_store_ps(tile + (r) * NR + 8, c##r##_1);
-    ACC_LIST(STORE)
-#undef STORE
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), vi_iota()));
+}
+T256_INLINE vf vf_load_keep(const float *p, vk k, vf y)
+{
+    return _mm256_blendv_ps(y, _mm256_load_ps(p), k);
 }
 
 /* fst_top2_push in 8 lanes; see cpu_avx512.c for the operand order. */
-T256_INLINE void push(__m256 *s1, __m256 *s2, __m256i *j1, __m256 x,
-                      __m256i jx, bool want_s2)
+T256_INLINE void vf_push(vf *s1, vf *s2, vi *j1, vf x, vi jx, bool want_s2)
 {
     __m256 m = _mm256_cmp_ps(x, *s1, _CMP_GT_OQ);
     if (want_s2)
@@ -107,94 +101,12 @@ T256_INLINE void push(__m256 *s1, __m256 *s2, __m256i *j1, __m256 x,
                                                _mm256_castsi256_ps(jx), m));
 }
 
-T256_INLINE void reduce_tile(const fst__cpu_sweep *sw, const float *tile,
-                             uint32_t ir, uint32_t jr, bool want_s2,
-                             bool want_cols)
-{
-    uint32_t i0 = ir * MR, j0 = jr * NR;
-    unsigned vr = sw->n0 - i0 < MR ? sw->n0 - i0 : MR;
-    unsigned vc = sw->n1 - j0 < NR ? sw->n1 - j0 : NR;
-    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    __m256i jv0 = _mm256_add_epi32(_mm256_set1_epi32((int32_t)j0), iota);
-    __m256i jv1 = _mm256_add_epi32(_mm256_set1_epi32((int32_t)j0 + 8), iota);
-    /* padding columns become -inf: never candidates */
-    __m256 keep0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-        _mm256_set1_epi32((int32_t)vc), iota));
-    __m256 keep1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-        _mm256_set1_epi32((int32_t)vc - 8), iota));
-
-    for (unsigned r = 0; r < vr; r++) {
-        size_t o = (size_t)(i0 + r) * LANES;
-        __m256 s1 = _mm256_load_ps(sw->rows.s1 + o);
-        __m256 s2 = want_s2 ? _mm256_load_ps(sw->rows.s2 + o) : ninf;
-        __m256i j1 = _mm256_load_si256((const __m256i *)(sw->rows.j1 + o));
-        __m256 x0 = _mm256_load_ps(tile + r * NR);
-        __m256 x1 = _mm256_load_ps(tile + r * NR + 8);
-        if (vc < NR) {
-            x0 = _mm256_blendv_ps(ninf, x0, keep0);
-            x1 = _mm256_blendv_ps(ninf, x1, keep1);
-        }
-        push(&s1, &s2, &j1, x0, jv0, want_s2);
-        push(&s1, &s2, &j1, x1, jv1, want_s2);
-        _mm256_store_ps(sw->rows.s1 + o, s1);
-        if (want_s2)
-            _mm256_store_ps(sw->rows.s2 + o, s2);
-        _mm256_store_si256((__m256i *)(sw->rows.j1 + o), j1);
-    }
-    if (!want_cols)
-        return;
-    for (unsigned v = 0; v < NR / 8 && v * 8 < vc; v++) {
-        size_t o = (size_t)j0 + v * 8;
-        __m256 s1 = _mm256_load_ps(sw->cols.s1 + o);
-        __m256 s2 = want_s2 ? _mm256_load_ps(sw->cols.s2 + o) : ninf;
-        __m256i j1 = _mm256_load_si256((const __m256i *)(sw->cols.j1 + o));
-        for (unsigned r = 0; r < vr; r++)
-            push(&s1, &s2, &j1, _mm256_load_ps(tile + r * NR + v * 8),
-                 _mm256_set1_epi32((int32_t)(i0 + r)), want_s2);
-        _mm256_store_ps(sw->cols.s1 + o, s1);
-        if (want_s2)
-            _mm256_store_ps(sw->cols.s2 + o, s2);
-        _mm256_store_si256((__m256i *)(sw->cols.j1 + o), j1);
-    }
-}
-
-T256_INLINE void sweep_impl(const fst__cpu_sweep *sw, bool want_s2,
-                            bool want_cols, bool reduce)
-{
-    uint32_t d = sw->d, nb = col_block(d);
-    for (uint32_t jc = sw->jr0; jc < sw->jr1; jc += nb) {
-        uint32_t jend = jc + nb < sw->jr1 ? jc + nb : sw->jr1;
-        for (uint32_t ir = sw->ir0; ir < sw->ir1; ir++) {
-            const float *ap = sw->ap + (size_t)ir * MR * d;
-            for (uint32_t jr = jc; jr < jend; jr++) {
-                kernel(ap, sw->bp + (size_t)jr * NR * d, d, sw->tile);
-                if (reduce)
-                    reduce_tile(sw, sw->tile, ir, jr, want_s2, want_cols);
-            }
-        }
-    }
-}
-
-T256 static void sweep(const fst__cpu_sweep *sw)
-{
-    if (sw->want_s2) {
-        if (sw->want_cols) sweep_impl(sw, true, true, true);
-        else               sweep_impl(sw, true, false, true);
-    } else {
-        if (sw->want_cols) sweep_impl(sw, false, true, true);
-        else               sweep_impl(sw, false, false, true);
-    }
-}
-
-T256 static void gemm_only(const fst__cpu_sweep *sw)
-{
-    sweep_impl(sw, false, false, false);
-}
-
-const fst__cpu_isa fst__cpu_isa_avx2 = {
-    "avx2", MR, NR, LANES, supported, pack, sweep, gemm_only,
-};
+#define CPU_VEC
+#define CPU_ISA fst__cpu_isa_avx2
+#define CPU_ISA_NAME "avx2"
+#define CPU_COL_KIB 256
+#define CPU_TARGET T256
+#include "sweep_tmpl.h"
 
 #else
 

@@ -20,15 +20,6 @@
 
 enum { MR = 14, NR = 32, LANES = 16 };
 
-/* B panels per column block: keep the block (NR * d floats per panel) near
- * 512 KiB so it stays in L2 while every A panel passes over it. */
-static uint32_t col_block(uint32_t d)
-{
-    uint32_t per = NR * (d ? d : 1) * (uint32_t)sizeof(float);
-    uint32_t nb = (512u << 10) / per;
-    return nb ? nb : 1;
-}
-
 static bool supported(void)
 {
     __builtin_cpu_init();
@@ -105,38 +96,39 @@ T512 static void pack(const void *src, int dt, uint32_t n, uint32_t d,
 #define ACC_LIST(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) \
                     X(10) X(11) X(12) X(13)
 
-/* tile[r * NR + c] = sum_k a[k * MR + r] * b[k * NR + c] (float32 FMA,
- * k increasing: the same value for identical descriptors wherever they
- * sit, so exact ties stay exact). */
-T512_INLINE void kernel(const float *restrict a, const float *restrict b,
-                        uint32_t d, float *restrict tile)
+/* The vector operations sweep_tmpl.h builds the micro-kernel and the
+ * reductions from. */
+typedef __m512 vf;
+typedef __m512i vi;
+typedef __mmask16 vk;
+T512_INLINE vf vf_zero(void) { return _mm512_setzero_ps(); }
+T512_INLINE vf vf_set1(float x) { return _mm512_set1_ps(x); }
+T512_INLINE vf vf_load(const float *p) { return _mm512_load_ps(p); }
+T512_INLINE void vf_store(float *p, vf v) { _mm512_store_ps(p, v); }
+T512_INLINE vf vf_bcast(const float *p) { return _mm512_set1_ps(*p); }
+T512_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+T512_INLINE vi vi_set1(int32_t x) { return _mm512_set1_epi32(x); }
+T512_INLINE vi vi_add(vi a, vi b) { return _mm512_add_epi32(a, b); }
+T512_INLINE vi vi_load(const int32_t *p) { return _mm512_load_si512(p); }
+T512_INLINE void vi_store(int32_t *p, vi v) { _mm512_store_si512(p, v); }
+T512_INLINE vi vi_iota(void)
 {
-#define DECL(r) __m512 c##r##_0 = _mm512_setzero_ps(), c##r##_1 = _mm512_setzero_ps();
-    ACC_LIST(DECL)
-#undef DECL
-    for (uint32_t k = 0; k < d; k++) {
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-        __m512 t;
-#define STEP(r) t = _mm512_set1_ps(a[r]);                 \
-        c##r##_0 = _mm512_fmadd_ps(t, b0, c##r##_0);      \
-        c##r##_1 = _mm512_fmadd_ps(t, b1, c##r##_1);
-        ACC_LIST(STEP)
-#undef STEP
-        a += MR;
-        b += NR;
-    }
-#define STORE(r) _mm512_store_ps(tile + (r) * NR, c##r##_0); \
-                 _mm512_store_ps(tile + (r) * NR + 16, c##r##_1);
-    ACC_LIST(STORE)
-#undef STORE
+    return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+T512_INLINE vk vk_first(int n)
+{
+    return (vk)(n >= 16 ? 0xFFFFu : n <= 0 ? 0u : (1u << n) - 1);
+}
+T512_INLINE vf vf_load_keep(const float *p, vk k, vf y)
+{
+    return _mm512_mask_load_ps(y, k, p);
 }
 
 /* The vector form of fst_top2_push for candidates arriving in increasing
  * index per lane: strict > keeps the lowest index on ties, and the
  * displaced or tied best becomes the second. Operand order makes a NaN
  * candidate change nothing (max/min return their second operand on NaN). */
-T512_INLINE void push(__m512 *s1, __m512 *s2, __m512i *j1, __m512 x,
-                      __m512i jx, bool want_s2)
+T512_INLINE void vf_push(vf *s1, vf *s2, vi *j1, vf x, vi jx, bool want_s2)
 {
     __mmask16 m = _mm512_cmp_ps_mask(x, *s1, _CMP_GT_OQ);
     if (want_s2)
@@ -145,104 +137,12 @@ T512_INLINE void push(__m512 *s1, __m512 *s2, __m512i *j1, __m512 x,
     *j1 = _mm512_mask_mov_epi32(*j1, m, jx);
 }
 
-T512_INLINE void reduce_tile(const fst__cpu_sweep *sw, const float *tile,
-                             uint32_t ir, uint32_t jr, bool want_s2,
-                             bool want_cols)
-{
-    uint32_t i0 = ir * MR, j0 = jr * NR;
-    unsigned vr = sw->n0 - i0 < MR ? sw->n0 - i0 : MR;
-    unsigned vc = sw->n1 - j0 < NR ? sw->n1 - j0 : NR;
-    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
-                                           10, 11, 12, 13, 14, 15);
-    const __m512 ninf = _mm512_set1_ps(-INFINITY);
-    __m512i jv0 = _mm512_add_epi32(_mm512_set1_epi32((int32_t)j0), iota);
-    __m512i jv1 = _mm512_add_epi32(_mm512_set1_epi32((int32_t)j0 + 16), iota);
-
-    if (vc == NR) {
-        for (unsigned r = 0; r < vr; r++) {
-            size_t o = (size_t)(i0 + r) * LANES;
-            __m512 s1 = _mm512_load_ps(sw->rows.s1 + o);
-            __m512 s2 = want_s2 ? _mm512_load_ps(sw->rows.s2 + o) : ninf;
-            __m512i j1 = _mm512_load_si512(sw->rows.j1 + o);
-            push(&s1, &s2, &j1, _mm512_load_ps(tile + r * NR), jv0, want_s2);
-            push(&s1, &s2, &j1, _mm512_load_ps(tile + r * NR + 16), jv1, want_s2);
-            _mm512_store_ps(sw->rows.s1 + o, s1);
-            if (want_s2)
-                _mm512_store_ps(sw->rows.s2 + o, s2);
-            _mm512_store_si512(sw->rows.j1 + o, j1);
-        }
-    } else {
-        /* last column panel: padding columns must never be candidates */
-        __mmask16 cm0 = (__mmask16)(vc >= 16 ? 0xFFFFu : (1u << vc) - 1);
-        __mmask16 cm1 = (__mmask16)(vc <= 16 ? 0u : (1u << (vc - 16)) - 1);
-        for (unsigned r = 0; r < vr; r++) {
-            size_t o = (size_t)(i0 + r) * LANES;
-            __m512 s1 = _mm512_load_ps(sw->rows.s1 + o);
-            __m512 s2 = want_s2 ? _mm512_load_ps(sw->rows.s2 + o) : ninf;
-            __m512i j1 = _mm512_load_si512(sw->rows.j1 + o);
-            __m512 x0 = _mm512_mask_load_ps(ninf, cm0, tile + r * NR);
-            __m512 x1 = _mm512_mask_load_ps(ninf, cm1, tile + r * NR + 16);
-            push(&s1, &s2, &j1, x0, jv0, want_s2);
-            push(&s1, &s2, &j1, x1, jv1, want_s2);
-            _mm512_store_ps(sw->rows.s1 + o, s1);
-            if (want_s2)
-                _mm512_store_ps(sw->rows.s2 + o, s2);
-            _mm512_store_si512(sw->rows.j1 + o, j1);
-        }
-    }
-    if (!want_cols)
-        return;
-    for (unsigned v = 0; v < NR / 16 && v * 16 < vc; v++) {
-        size_t o = (size_t)j0 + v * 16;
-        __m512 s1 = _mm512_load_ps(sw->cols.s1 + o);
-        __m512 s2 = want_s2 ? _mm512_load_ps(sw->cols.s2 + o) : ninf;
-        __m512i j1 = _mm512_load_si512(sw->cols.j1 + o);
-        for (unsigned r = 0; r < vr; r++)
-            push(&s1, &s2, &j1, _mm512_load_ps(tile + r * NR + v * 16),
-                 _mm512_set1_epi32((int32_t)(i0 + r)), want_s2);
-        _mm512_store_ps(sw->cols.s1 + o, s1);
-        if (want_s2)
-            _mm512_store_ps(sw->cols.s2 + o, s2);
-        _mm512_store_si512(sw->cols.j1 + o, j1);
-    }
-}
-
-T512_INLINE void sweep_impl(const fst__cpu_sweep *sw, bool want_s2,
-                            bool want_cols, bool reduce)
-{
-    uint32_t d = sw->d, nb = col_block(d);
-    for (uint32_t jc = sw->jr0; jc < sw->jr1; jc += nb) {
-        uint32_t jend = jc + nb < sw->jr1 ? jc + nb : sw->jr1;
-        for (uint32_t ir = sw->ir0; ir < sw->ir1; ir++) {
-            const float *ap = sw->ap + (size_t)ir * MR * d;
-            for (uint32_t jr = jc; jr < jend; jr++) {
-                kernel(ap, sw->bp + (size_t)jr * NR * d, d, sw->tile);
-                if (reduce)
-                    reduce_tile(sw, sw->tile, ir, jr, want_s2, want_cols);
-            }
-        }
-    }
-}
-
-T512 static void sweep(const fst__cpu_sweep *sw)
-{
-    if (sw->want_s2) {
-        if (sw->want_cols) sweep_impl(sw, true, true, true);
-        else               sweep_impl(sw, true, false, true);
-    } else {
-        if (sw->want_cols) sweep_impl(sw, false, true, true);
-        else               sweep_impl(sw, false, false, true);
-    }
-}
-
-T512 static void gemm_only(const fst__cpu_sweep *sw)
-{
-    sweep_impl(sw, false, false, false);
-}
-
-const fst__cpu_isa fst__cpu_isa_avx512 = {
-    "avx512", MR, NR, LANES, supported, pack, sweep, gemm_only,
-};
+#define CPU_VEC
+#define CPU_ISA fst__cpu_isa_avx512
+#define CPU_ISA_NAME "avx512"
+#define CPU_COL_KIB 512
+#define CPU_TARGET T512
+#include "sweep_tmpl.h"
 
 #else  /* not x86: never supported */
 

@@ -8,6 +8,9 @@
  * and per-column best/second-best (the vector form of fst_top2_push).
  * Memory: the packed images, O(n0 * lanes + n1) state, one tile; never
  * n0 x n1.
+ * Each path (cpu_<isa>.c) defines its packing, micro-tile and vector
+ * operations; the sweep, the micro-kernel's loop and the reductions come
+ * from sweep_tmpl.h, compiled under each path's target.
  */
 #ifndef FST_CPU_IMPL_H
 #define FST_CPU_IMPL_H

@@ -7,13 +7,6 @@
 
 enum { MR = 4, NR = 8, LANES = 1 };
 
-static uint32_t col_block(uint32_t d)
-{
-    uint32_t per = NR * (d ? d : 1) * (uint32_t)sizeof(float);
-    uint32_t nb = (256u << 10) / per;
-    return nb ? nb : 1;
-}
-
 static bool supported(void) { return true; }
 
 static void pack(const void *src, int dt, uint32_t n, uint32_t d,
@@ -61,35 +54,27 @@ static void push_state(const fst__cpu_state *st, size_t at, float s, int32_t j)
     st->j1[at] = t.j1;
 }
 
-static void sweep_impl(const fst__cpu_sweep *sw, bool reduce)
+/* One lane per row; fst_top2_push keeps the second best whether or not it
+ * is wanted. */
+static inline void reduce_tile(const fst__cpu_sweep *sw, const float *tile,
+                               uint32_t ir, uint32_t jr, bool want_s2,
+                               bool want_cols)
 {
-    uint32_t d = sw->d, nb = col_block(d);
-    for (uint32_t jc = sw->jr0; jc < sw->jr1; jc += nb) {
-        uint32_t jend = jc + nb < sw->jr1 ? jc + nb : sw->jr1;
-        for (uint32_t ir = sw->ir0; ir < sw->ir1; ir++) {
-            const float *ap = sw->ap + (size_t)ir * MR * d;
-            for (uint32_t jr = jc; jr < jend; jr++) {
-                kernel(ap, sw->bp + (size_t)jr * NR * d, d, sw->tile);
-                if (!reduce)
-                    continue;
-                uint32_t i0 = ir * MR, j0 = jr * NR;
-                unsigned vr = sw->n0 - i0 < MR ? sw->n0 - i0 : MR;
-                unsigned vc = sw->n1 - j0 < NR ? sw->n1 - j0 : NR;
-                for (unsigned r = 0; r < vr; r++)
-                    for (unsigned q = 0; q < vc; q++) {
-                        float s = sw->tile[r * NR + q];
-                        push_state(&sw->rows, i0 + r, s, (int32_t)(j0 + q));
-                        if (sw->want_cols)
-                            push_state(&sw->cols, j0 + q, s, (int32_t)(i0 + r));
-                    }
-            }
+    (void)want_s2;
+    uint32_t i0 = ir * MR, j0 = jr * NR;
+    unsigned vr = sw->n0 - i0 < MR ? sw->n0 - i0 : MR;
+    unsigned vc = sw->n1 - j0 < NR ? sw->n1 - j0 : NR;
+    for (unsigned r = 0; r < vr; r++)
+        for (unsigned q = 0; q < vc; q++) {
+            float s = tile[r * NR + q];
+            push_state(&sw->rows, i0 + r, s, (int32_t)(j0 + q));
+            if (want_cols)
+                push_state(&sw->cols, j0 + q, s, (int32_t)(i0 + r));
         }
-    }
 }
 
-static void sweep(const fst__cpu_sweep *sw) { sweep_impl(sw, true); }
-static void gemm_only(const fst__cpu_sweep *sw) { sweep_impl(sw, false); }
-
-const fst__cpu_isa fst__cpu_isa_scalar = {
-    "scalar", MR, NR, LANES, supported, pack, sweep, gemm_only,
-};
+#define CPU_ISA fst__cpu_isa_scalar
+#define CPU_ISA_NAME "scalar"
+#define CPU_COL_KIB 256
+#define CPU_TARGET
+#include "sweep_tmpl.h"

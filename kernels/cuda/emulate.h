@@ -6,7 +6,7 @@
  * same schedule, one lane after another, with shared memory as plain arrays
  * (poisoned before each subtile so that a read of stale data shows). Used
  * by tests/test_cudahost.c and by the CPU mock of the CUDA runtime
- * (kernels/cuda/mock/). Keep it in step with cuda_kernels.cu.
+ * (tests/cuda_mock/). Keep it in step with cuda_kernels.cu.
  *
  * Plain C; no CUDA header. Private to kernels/ and the tests.
  */

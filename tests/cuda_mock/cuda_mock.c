@@ -1,4 +1,4 @@
-/* kernels/cuda/mock/cuda_mock.c : a CPU stand-in for the part of the CUDA
+/* tests/cuda_mock/cuda_mock.c : a CPU stand-in for the part of the CUDA
  * runtime and cuBLAS the CUDA backend calls, and for its kernel launchers.
  *
  * Linked instead of libcudart / libcublas / cuda_kernels.o, it lets the
@@ -33,8 +33,8 @@
 #include <cuda_runtime_api.h>
 
 #include "fst_base.h"
-#include "../cuda_kernels.h"
-#include "../emulate.h"
+#include "cuda_kernels.h"
+#include "emulate.h"
 
 /* ---- state -------------------------------------------------------------- */
 
