@@ -16,7 +16,7 @@ ROOT=$PWD
 
 PKGS=(meson ninja-build pkg-config gcc libc6-dev libhdf5-dev liblmdb-dev
       libxxhash-dev libopenblas-dev libopenblas0-pthread python3 python3-numpy
-      python3-h5py util-linux valgrind)
+      python3-h5py python3-dev python3-pytest util-linux valgrind)
 
 install_missing() {
     local missing=() p
