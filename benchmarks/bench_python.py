@@ -30,6 +30,9 @@ import time
 
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
+# torch's BLAS here is Debian's OpenBLAS (libblas.so.3 -> openblas-pthread).
+# On the AMD EPYC VMs (AVX2, no AVX-512) OPENBLAS_CORETYPE=Haswell or Zen
+# gives the same sgemm speed as its default, and SkylakeX is SIGILL.
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -61,23 +64,29 @@ def _loop(rank, pairs, get, events, t_ready):
         time.sleep(2.0)                             # baseline: let the sampler see it
     with torch.no_grad():
         for i, (a, b) in enumerate(pairs):
-            m0, _ = model(get(a), get(b))
+            d0, d1 = get(a), get(b)
+            if i == 0:
+                t_data = time.monotonic()
+            m0, _ = model(d0, d1)
             nm += int((m0 > -1).sum())
             if i == 0:
                 first = time.monotonic()
-                events.put(("first", rank, first, first - t_ready))
+                events.put(("first", rank, first, first - t_ready, t_data - t_ready))
     events.put(("done", rank, time.monotonic(), len(pairs), nm))
 
 
 def worker(rank, method, src, pairs, events):
+    import warnings
     import numpy as np
     import torch
+    import featstore
+    from folk_baselines import load_all
+    warnings.filterwarnings("ignore", "The given NumPy array is not writable")
     torch.set_num_threads(1)
     _model()
-    t_ready = time.monotonic()                      # torch in, model built
+    t_ready = time.monotonic()       # modules imported, model built: the start
     events.put(("ready", rank, t_ready))
     if method == "a":
-        from folk_baselines import load_all
         feats = load_all(src)                       # the whole file, per process
         get = lambda n: torch.from_numpy(                       # noqa: E731
             np.ascontiguousarray(feats[n]["descriptors"].T)).float()
@@ -85,10 +94,7 @@ def worker(rank, method, src, pairs, events):
         get = lambda n: torch.from_numpy(                       # noqa: E731
             np.ascontiguousarray(src[n]["descriptors"].T)).float()
     else:
-        import featstore
-        store = src if not isinstance(src, str) else featstore.open(src)
-        import warnings
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        store = featstore.open(src)
         # zero-copy view; .float() converts (and so copies) the pair's two
         # descriptor blocks, as every method does
         get = lambda n: torch.from_numpy(store[n].descriptors).float()  # noqa: E731
@@ -124,7 +130,7 @@ def one_run(method, n, features, store, empty, pairs):
              for i in range(n)]
     for p in procs:
         p.start()
-    ready, firsts, from_ready, done = [], [], [], 0
+    ready, firsts, from_ready, data_ready, done = [], [], [], [], 0
     npairs = nm = 0
     t_end = None
     while done < n:
@@ -134,6 +140,7 @@ def one_run(method, n, features, store, empty, pairs):
         elif ev[0] == "first":
             firsts.append(ev[2])
             from_ready.append(ev[3])
+            data_ready.append(ev[4])
         else:
             done += 1
             npairs += ev[3]
@@ -150,6 +157,7 @@ def one_run(method, n, features, store, empty, pairs):
         "fill_s": t_fill - t_launch,
         "first_pair_s": (t_first - t_launch) if t_first else None,
         "first_from_worker_start_ms": 1000 * min(from_ready) if from_ready else None,
+        "first_data_from_worker_start_ms": 1000 * min(data_ready) if data_ready else None,
         "pairs_per_s": npairs / (t_end - t0) if npairs and t_end and t0 else None,
         "wall_s": time.monotonic() - t_launch,
     }
@@ -214,16 +222,18 @@ def main(argv=None):
     base = {r["workers"]: r["peak_pss_bytes"] for r in results if r["method"] == "baseline"}
     print(f"\nstore {store_bytes / 2**30:.2f} GiB, features.h5 {feat_bytes / 2**30:.2f} GiB")
     print(f"{'method':9} {'N':>2} {'peak PSS GiB':>12} {'x store':>8} {'c target':>9} "
-          f"{'first pair s':>12} {'from start ms':>13} {'pairs/s':>8}")
+          f"{'first pair s':>12} {'from start ms':>13} {'data ms':>8} {'pairs/s':>8}")
     for r in results:
         tgt = (f"{(store_bytes + base[r['workers']]) / 2**30:9.2f}"
                if r["method"] == "c" and r["workers"] in base else f"{'':9}")
         fp = f"{r['first_pair_s']:12.2f}" if r["first_pair_s"] else f"{'-':>12}"
         fr = (f"{r['first_from_worker_start_ms']:13.0f}"
               if r["first_from_worker_start_ms"] is not None else f"{'-':>13}")
+        fd = (f"{r['first_data_from_worker_start_ms']:8.1f}"
+              if r["first_data_from_worker_start_ms"] is not None else f"{'-':>8}")
         ps = f"{r['pairs_per_s']:8.1f}" if r["pairs_per_s"] else f"{'-':>8}"
         print(f"{r['method']:9} {r['workers']:2d} {r['peak_pss_bytes'] / 2**30:12.2f} "
-              f"{r['peak_pss_bytes'] / store_bytes:8.2f} {tgt} {fp} {fr} {ps}")
+              f"{r['peak_pss_bytes'] / store_bytes:8.2f} {tgt} {fp} {fr} {fd} {ps}")
     if args.plot:
         plot(results, store_bytes, args.plot)
     return 0
