@@ -182,6 +182,8 @@ def main(argv=None):
                     help="a's memory grows N-fold: skip larger N (shared machine)")
     ap.add_argument("--json-out")
     ap.add_argument("--plot")
+    ap.add_argument("--replot", metavar="JSONL",
+                    help="only draw --plot from the --json-out of an earlier run")
     ap.add_argument("--one", help=argparse.SUPPRESS)    # METHOD,N: run one, in this process
     args = ap.parse_args(argv)
     if args.one:
@@ -189,6 +191,11 @@ def main(argv=None):
         res = one_run(method, int(n), args.features, args.store, args.empty_store,
                       read_pairs(args.pairs))
         print(json.dumps(res), flush=True)
+        return 0
+
+    if args.replot:
+        results = [json.loads(line) for line in open(args.replot) if line.strip()]
+        plot(results, results[0]["store_bytes"], args.plot)
         return 0
 
     from pss import TreeSampler
@@ -253,15 +260,19 @@ def plot(results, store_bytes, path):
         ax[0].plot([r["workers"] for r in rs], [r["peak_pss_bytes"] / 2**30 for r in rs],
                    "o-", label=labels[m])
         if m != "baseline":
-            ax[1].plot([r["workers"] for r in rs], [r["first_pair_s"] for r in rs], "o-",
-                       label=labels[m])
+            line, = ax[1].plot([r["workers"] for r in rs],
+                               [r["first_data_from_worker_start_ms"] / 1000 for r in rs],
+                               "o-", label=labels[m] + ": worker start to features")
+            ax[1].plot([r["workers"] for r in rs], [r["first_pair_s"] for r in rs], "s--",
+                       color=line.get_color(), alpha=0.6,
+                       label=labels[m][:3] + " launch to first matched pair")
     ax[0].axhline(store_bytes / 2**30, color="gray", ls=":", label="store size")
     ax[0].set_xlabel("Python worker processes")
     ax[0].set_ylabel("peak summed PSS (GiB)")
     ax[0].set_xticks([1, 2, 4, 8])
     ax[0].legend(fontsize=7)
     ax[1].set_xlabel("Python worker processes")
-    ax[1].set_ylabel("launch to first matched pair (s)")
+    ax[1].set_ylabel("seconds (log)")
     ax[1].set_yscale("log")
     ax[1].set_xticks([1, 2, 4, 8])
     ax[1].legend(fontsize=7)
