@@ -11,9 +11,9 @@ and its map, alive: arrays may outlive `rec` and `store`, and `store.close()`
 while arrays exist is allowed: lookups stop at once, the map is released
 when the last array from it is gone (the unmap is deferred, never early).
 
-Snapshots. Lookups made within `store.snapshot_s` seconds (1 s) of each
-other share one read snapshot while its arrays live; later lookups take a
-fresh one and so see appends (`featstore import --append`). Arrays pin
+Snapshots. Lookups share the current read snapshot while arrays from it
+live and it is younger than `store.snapshot_s` seconds (1 s); otherwise
+they take a fresh one, which sees appends (`featstore import --append`). Arrays pin
 their snapshot's pages: hold them for as long as you use them, not for
 hours. When an append has grown the store file past this process's map, a
 fresh snapshot waits (up to 30 s) for the arrays of older snapshots to be
