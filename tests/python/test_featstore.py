@@ -497,6 +497,32 @@ def test_read_while_appending(tmp_path):
                                       f["b/299.jpg/descriptors"][()].T)
 
 
+def test_append_grows_file_while_arrays_held(tmp_path):
+    # The new records lie past this process's map: remapping must wait for
+    # the arrays of the old snapshot. Held by this very thread, they never
+    # go: the lookup fails at once (not after fst_reader_begin's 30 s), and
+    # works as soon as they are released.
+    write_h5(tmp_path / "f1.h5", {"a/0": 10}, seed=1)
+    write_h5(tmp_path / "f2.h5", {f"b/{i}": 4000 for i in range(200)}, seed=2)
+    path = tmp_path / "db.fst"
+    cli("import", tmp_path / "f1.h5", path, "--quiet")
+    store = featstore.open(path)
+    store.snapshot_s = 0
+    keep = store["a/0"].descriptors
+    maplen = store._map_range()[1]
+    cli("import", "--append", tmp_path / "f2.h5", path, "--quiet")
+    assert path.stat().st_size > maplen
+    t = time.monotonic()
+    with pytest.raises(featstore.Error, match="grew") as e:
+        store["b/199"]
+    assert time.monotonic() - t < 5
+    assert str(path) in str(e.value)
+    assert keep.shape == (10, D)            # still readable
+    del keep
+    gc.collect()
+    assert store["b/199"].descriptors.shape == (4000, D)
+
+
 # ---- match and hloc ----
 
 def test_match_same_as_cli(synth):

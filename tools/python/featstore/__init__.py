@@ -15,9 +15,11 @@ Snapshots. Lookups share the current read snapshot while arrays from it
 live and it is younger than `store.snapshot_s` seconds (1 s); otherwise
 they take a fresh one, which sees appends (`featstore import --append`). Arrays pin
 their snapshot's pages: hold them for as long as you use them, not for
-hours. When an append has grown the store file past this process's map, a
-fresh snapshot waits (up to 30 s) for the arrays of older snapshots to be
-released before it can remap, then raises featstore.Error.
+hours. When an append has grown the store file past this process's map,
+the map must move, which it cannot while arrays of this store's older
+snapshots live: the lookup raises featstore.Error at once, and works again
+once they are released. (Arrays of another Store object on the same file
+in this process make it wait up to 30 s, then raise.)
 
 PyTorch. `torch.from_numpy(rec.descriptors)` shares the memory without a
 copy; PyTorch warns that it does not support non-writable tensors (writing

@@ -92,6 +92,7 @@ typedef struct {
     int        closed;
     int        checksums;
     double     snapshot_s;
+    size_t     maplen;      /* this process's map of st, as last seen */
     PyObject  *weaklist;
 } Store;
 
@@ -114,6 +115,7 @@ static void store_after_fork(Store *self)
     self->st = NULL;
     self->cur = NULL;
     self->nsnap = 0;
+    self->maplen = 0;
     self->pid = getpid();
 }
 
@@ -180,6 +182,24 @@ static PyTypeObject SnapshotType = {
     .tp_doc = "A read transaction that arrays from the store point into.",
 };
 
+/* Whether an append grew the store file past this process's map: a new
+ * read transaction must then remap, which waits for every live one of the
+ * process to end (fst_reader_begin(), up to 30 s). A stat per call; the
+ * map's length is looked up again only when the file outgrew the last. */
+static int store_outgrown(Store *self)
+{
+    struct stat sb;
+    if (stat(fst_store_path(self->st), &sb) != 0 ||
+        (uint64_t)sb.st_size <= (uint64_t)self->maplen)
+        return 0;
+    const void *base = NULL;
+    size_t len = 0;
+    if (fst__store_map_range(self->st, &base, &len) != FST_OK)
+        return 0;
+    self->maplen = len;
+    return (uint64_t)sb.st_size > (uint64_t)len;
+}
+
 /* A new reference to the snapshot a lookup should use: the current one if
  * young and referenced, else a fresh one. */
 static Snapshot *store_snapshot(Store *self)
@@ -190,6 +210,16 @@ static Snapshot *store_snapshot(Store *self)
     if (cur && now_s() - cur->born < self->snapshot_s) {
         Py_INCREF(cur);
         return cur;
+    }
+    /* This store's own arrays would hold the remap back: waiting for them
+     * in the thread that holds them is futile, so say so at once. */
+    if (self->nsnap > 0 && store_outgrown(self)) {
+        PyErr_Format(Error, "%s: %S: the store grew (an append) past this "
+                     "process's map while %u snapshot(s) of it are held by "
+                     "live arrays or records; release them (del) and look "
+                     "up again", fst_strerror(FST_EIO), self->path,
+                     self->nsnap);
+        return NULL;
     }
     fst_reader *rd = NULL;
     fst_status s;
