@@ -16,7 +16,7 @@ ROOT=$PWD
 
 PKGS=(meson ninja-build pkg-config gcc libc6-dev libhdf5-dev liblmdb-dev
       libxxhash-dev libopenblas-dev libopenblas0-pthread python3 python3-numpy
-      python3-h5py util-linux valgrind)
+      python3-h5py python3-dev python3-pytest util-linux valgrind)
 
 install_missing() {
     local missing=() p
@@ -77,6 +77,18 @@ example)
         --preset NN-mutual
     echo "== planted correspondences recovered"
     /usr/bin/python3 tools/example_recall.py "$EX/matches.h5" "$EX/truth.txt"
+    echo "== Python: import featstore (PYTHONPATH=build/tools/python)"
+    PYTHONPATH=$ROOT/build/tools/python FEATSTORE=$FST /usr/bin/python3 - "$EX" <<'PY'
+import sys, featstore
+ex = sys.argv[1]
+store = featstore.open(f"{ex}/db.fst")
+rec = store[store.names()[0]]
+print(f"{len(store)} images; {rec.name}: keypoints {rec.keypoints.shape} "
+      f"{rec.keypoints.dtype}, descriptors {rec.descriptors.shape} "
+      f"{rec.descriptors.dtype}, read-only views of the map")
+s = featstore.match(store, f"{ex}/pairs.txt", f"{ex}/matches-py.h5", workers=2)
+print(f"featstore.match: {s['pairs']} pairs, {s['matches']} matches")
+PY
     ;;
 test)
     shift
