@@ -257,7 +257,7 @@ static fst_status encode(const fst_image *img, uint64_t gen, void *buf,
     memset(v, 0, FST_REC_HEADER_SIZE);
     memcpy(v + FST_REC_OFF_MAGIC, FST_REC_MAGIC, 4);
     st16(v + FST_REC_OFF_MAJOR, FST_FORMAT_MAJOR);
-    st16(v + FST_REC_OFF_MINOR, FST_FORMAT_MINOR);
+    st16(v + FST_REC_OFF_MINOR, FST_REC_FORMAT_MINOR);
     st32(v + FST_REC_OFF_HEADER_SIZE, FST_REC_HEADER_SIZE);
     st32(v + FST_REC_OFF_DTYPE, (uint32_t)img->dtype);
     st32(v + FST_REC_OFF_FLAGS, flags);

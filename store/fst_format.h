@@ -15,7 +15,7 @@
  *   off size type    field
  *     0   4  u8[4]   magic "FSTR"
  *     4   2  u16     format major (FST_FORMAT_MAJOR)
- *     6   2  u16     format minor (FST_FORMAT_MINOR)
+ *     6   2  u16     format minor (FST_REC_FORMAT_MINOR)
  *     8   8  u64     checksum: XXH3-64 (seed 0) of bytes
  *                    [16, header_size + payload_len) of the value
  *    16   4  u32     header_size (128 in 1.0; payload starts here)
@@ -66,7 +66,8 @@ extern "C" {
 #endif
 
 #define FST_FORMAT_MAJOR      1
-#define FST_FORMAT_MINOR      0
+#define FST_FORMAT_MINOR      1   /* the store's (meta): 1.1 added store_id */
+#define FST_REC_FORMAT_MINOR  0   /* a record's header: unchanged since 1.0 */
 
 #define FST_REC_MAGIC         "FSTR"        /* 4 bytes, no NUL in the record */
 #define FST_REC_HEADER_SIZE   128u
@@ -111,6 +112,11 @@ extern "C" {
 #define FST_META_CREATED        "created"
 #define FST_META_MODIFIED       "modified"
 #define FST_META_GENERATION     "generation"
+#define FST_META_STORE_ID       "store_id"      /* 16 random bytes (1.1) */
+#define FST_META_HISTORY        "history"       /* per finished write since the
+                                                   id (1.1): u64 generation,
+                                                   16 random bytes */
+#define FST_HISTORY_ENTRY       24u
 #define FST_META_COMPLETE       "complete"      /* u64 1, written last */
 
 /* Names of the LMDB tables. `pending` lists the records of an append that

@@ -101,6 +101,16 @@ fst_status fst_journal_meta_put(fst_journal *j, const char *key,
 fst_status fst_journal_put(fst_journal *j, const char *key,
                            const fst_journal_rec *rec);
 
+/* fst_journal_del() :
+ * Delete the record of pair `key` (the caller's key, or the stored key a
+ * walk gives) as part of the current transaction; durable at the next
+ * fst_journal_commit(). Call it outside fst_journal_foreach().
+ * @return FST_OK; FST_ENOTFOUND (no such record; nothing changes);
+ *         FST_EINVAL (read-only); FST_EFULL; FST_EIO; FST_ENOMEM (as
+ *         fst_journal_put()). After an error other than FST_ENOTFOUND the
+ *         uncommitted puts and deletes are dropped. */
+fst_status fst_journal_del(fst_journal *j, const char *key);
+
 /* fst_journal_commit() :
  * Make every put so far durable (LMDB commit with fsync). A no-op when
  * nothing is pending. Then drops the map's pages from the process (RSS).

@@ -41,7 +41,32 @@ typedef struct fst_store_meta {
     int64_t   source_mtime;         /* seconds since the epoch */
     int64_t   created;              /* seconds since the epoch */
     int64_t   modified;
+    /* Identity (format 1.1): 128 random bits drawn when the store was
+     * created (getrandom), kept by every append, and the generation, which
+     * every finished write advances (1 after the creating import). A store
+     * re-imported at the same path gets another id; a byte copy keeps it.
+     * A format 1.0 store has no id (has_id false) until its next append. */
+    bool      has_id;
+    uint8_t   id[16];
+    uint64_t  generation;
+    /* 128 random bits drawn by the write that made this generation (valid
+     * with has_id): two byte copies of one store appended to separately
+     * share the id but not their write ids (fst_store_write_id()). */
+    uint8_t   write_id[16];
 } fst_store_meta;
+
+/* Length of fst_store_identity()'s text, NUL included. */
+#define FST_STORE_IDENTITY_LEN 160
+
+/* fst_store_identity() :
+ * What identifies the store's content, as text, into buf (at least
+ * FST_STORE_IDENTITY_LEN bytes): "id=<32 hex digits>" for a store with an
+ * id; for a format 1.0 store without one, a fallback that changes with
+ * any write (but not with a re-import of the same counts within one
+ * second): "legacy=<images>,<keypoints>,<bytes>,<created>,<modified>,<d>,
+ * <dtype>". The generation is not part of it (see fst_store_meta).
+ * Pure function; any thread. */
+void fst_store_identity(const fst_store_meta *m, char *buf);
 
 /* Flags of fst_store_open(). */
 enum {
@@ -71,6 +96,15 @@ void fst_store_close(fst_store *st);
 
 /* fst_store_path() : the path the store was opened with. Owned by st. */
 const char *fst_store_path(const fst_store *st);
+
+/* fst_store_write_id() :
+ * The write id of generation `generation` of the store (as of now) into
+ * out[0..16): with it a caller that recorded (id, generation, write id)
+ * can tell whether today's store descends from that state (appends since)
+ * or is another copy that was appended to separately. Any thread.
+ * @return FST_OK; FST_ENOTFOUND (no such generation, or one written before
+ *         the store had an id); FST_ECORRUPT (history malformed); FST_EIO. */
+fst_status fst_store_write_id(fst_store *st, uint64_t generation, uint8_t out[16]);
 
 /* fst_store_meta_get() : copy the store's metadata (as of now: a finished
  * append shows) into *out. Any thread.

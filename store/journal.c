@@ -82,6 +82,7 @@ struct fst_journal {
 /* An entry of `log`: table (0 meta, 1 pairs), key and value sizes, then the
  * key and value bytes. */
 #define LOG_HDR 9u
+#define LOG_DEL 2u     /* a logged delete from the pairs table (0 meta, 1 pairs: puts) */
 
 static fst_status from_mdb(int rc, const char *path, const char *what)
 {
@@ -321,7 +322,12 @@ static int grow(fst_journal *j)
             memcpy(&ks, p + 1, 4);
             memcpy(&vs, p + 5, 4);
             MDB_val k = {ks, p + LOG_HDR}, v = {vs, p + LOG_HDR + ks};
-            rc = mdb_put(j->wtxn, p[0] ? j->pairs : j->meta, &k, &v, 0);
+            if (p[0] == LOG_DEL) {
+                rc = mdb_del(j->wtxn, j->pairs, &k, NULL);
+                if (rc == MDB_NOTFOUND) rc = MDB_SUCCESS;   /* as the first time */
+            } else {
+                rc = mdb_put(j->wtxn, p[0] ? j->pairs : j->meta, &k, &v, 0);
+            }
             off += LOG_HDR + ks + vs;
         }
     }
@@ -582,6 +588,35 @@ fst_status fst_journal_put(fst_journal *j, const char *key, const fst_journal_re
     int rc = put(j, 1, &k, &v);
     if (rc)
         return fst__failpre(failed(j, rc, "writing"), "pair '%s': ", key);
+    j->pending++;
+    return FST_OK;
+out:
+    return s;
+}
+
+fst_status fst_journal_del(fst_journal *j, const char *key)
+{
+    fst_status s;
+    if (!key || !*key)
+        return fst__fail(FST_EINVAL, "%s: no pair key to delete", j->path);
+    FST_TRY(write_txn(j));
+    char hk[48];
+    MDB_val k, v = {0, (void *)""};      /* logged with no value */
+    make_key(j, key, hk, sizeof hk, &k);
+    int rc = mdb_del(j->wtxn, j->pairs, &k, NULL);
+    if (rc == MDB_NOTFOUND)
+        return fst__fail(FST_ENOTFOUND, "%s: no pair '%s'", j->path, key);
+    if (rc == MDB_SUCCESS && !log_put(j, LOG_DEL, &k, &v)) {
+        drop_wtxn(j);
+        rc = ENOMEM;
+    }
+    if (rc == MDB_MAP_FULL)         /* the copied pages did not fit */
+        rc = grow(j) == MDB_SUCCESS && log_put(j, LOG_DEL, &k, &v)
+             ? mdb_del(j->wtxn, j->pairs, &k, NULL) : MDB_MAP_FULL;
+    if (rc) {
+        drop_wtxn(j);
+        return fst__failpre(failed(j, rc, "deleting"), "pair '%s': ", key);
+    }
     j->pending++;
     return FST_OK;
 out:

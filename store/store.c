@@ -237,11 +237,56 @@ fst_status fst__meta_read(MDB_txn *txn, MDB_dbi meta, const char *path,
         m.source_size = v;
     if (fst__meta_u64(txn, meta, FST_META_SOURCE_MTIME, &v) == MDB_SUCCESS)
         m.source_mtime = (int64_t)v;
+    m.generation = g;
+    /* format 1.1: the store's id; a 1.0 store has none (an id of another
+     * size is damage, not an old store) */
+    MDB_val ik = { strlen(FST_META_STORE_ID), (void *)FST_META_STORE_ID }, iv;
+    rc = mdb_get(txn, meta, &ik, &iv);
+    if (rc == MDB_SUCCESS && iv.mv_size != sizeof m.id)
+        return fst__fail(FST_ECORRUPT, "%s: metadata '%s' has %zu bytes, not "
+                         "%zu", path, FST_META_STORE_ID, iv.mv_size,
+                         sizeof m.id);
+    if (rc && rc != MDB_NOTFOUND)
+        return fst__from_mdb(rc, "%s: reading metadata", path);
+    if (rc == MDB_SUCCESS) {
+        memcpy(m.id, iv.mv_data, sizeof m.id);
+        m.has_id = true;
+        /* the last entry of the history is this generation's write */
+        MDB_val hk = { strlen(FST_META_HISTORY), (void *)FST_META_HISTORY }, hv;
+        rc = mdb_get(txn, meta, &hk, &hv);
+        const unsigned char *e = rc == MDB_SUCCESS && hv.mv_size >= FST_HISTORY_ENTRY &&
+                                 hv.mv_size % FST_HISTORY_ENTRY == 0
+                                 ? (const unsigned char *)hv.mv_data + hv.mv_size -
+                                   FST_HISTORY_ENTRY : NULL;
+        uint64_t eg = 0;
+        for (int i = 7; e && i >= 0; i--)
+            eg = eg << 8 | e[i];
+        if (rc && rc != MDB_NOTFOUND)
+            return fst__from_mdb(rc, "%s: reading metadata", path);
+        if (!e || eg != g)
+            return fst__fail(FST_ECORRUPT, "%s: metadata '%s' lacks generation %llu",
+                             path, FST_META_HISTORY, (unsigned long long)g);
+        memcpy(m.write_id, e + 8, sizeof m.write_id);
+    }
     if (out)
         *out = m;
     if (gen)
         *gen = g;
     return FST_OK;
+}
+
+void fst_store_identity(const fst_store_meta *m, char *buf)
+{
+    if (m->has_id) {
+        char *p = buf + sprintf(buf, "id=");
+        for (size_t i = 0; i < sizeof m->id; i++)
+            p += sprintf(p, "%02x", m->id[i]);
+        return;
+    }
+    snprintf(buf, FST_STORE_IDENTITY_LEN, "legacy=%llu,%llu,%llu,%lld,%lld,%u,%u",
+             (unsigned long long)m->n_images, (unsigned long long)m->n_keypoints,
+             (unsigned long long)m->payload_bytes, (long long)m->created,
+             (long long)m->modified, m->d, (unsigned)m->dtype);
 }
 
 /* ---- opening ---- */
@@ -706,6 +751,40 @@ fst_status fst_store_meta_get(fst_store *st, fst_store_meta *out)
     if (s)
         return s;
     s = fst__meta_read(rd->txn, st->sh->meta, st->path, out, NULL);
+    fst_reader_end(rd);
+    return s;
+}
+
+fst_status fst_store_write_id(fst_store *st, uint64_t generation, uint8_t out[16])
+{
+    fst_reader *rd = NULL;
+    fst_status s = fst_reader_begin(st, &rd);
+    if (s)
+        return s;
+    MDB_val hk = { strlen(FST_META_HISTORY), (void *)FST_META_HISTORY }, hv;
+    int rc = mdb_get(rd->txn, st->sh->meta, &hk, &hv);
+    if (rc == MDB_NOTFOUND) {
+        s = fst__fail(FST_ENOTFOUND, "%s: no write history (format 1.0)", st->path);
+    } else if (rc) {
+        s = fst__from_mdb(rc, "%s: reading metadata", st->path);
+    } else if (hv.mv_size % FST_HISTORY_ENTRY) {
+        s = fst__fail(FST_ECORRUPT, "%s: metadata '%s' has %zu bytes", st->path,
+                      FST_META_HISTORY, hv.mv_size);
+    } else {
+        s = fst__fail(FST_ENOTFOUND, "%s: no generation %llu in its history", st->path,
+                      (unsigned long long)generation);
+        const unsigned char *p = hv.mv_data;
+        for (size_t off = 0; off < hv.mv_size; off += FST_HISTORY_ENTRY) {
+            uint64_t g = 0;
+            for (int i = 7; i >= 0; i--)
+                g = g << 8 | p[off + (size_t)i];
+            if (g == generation) {
+                memcpy(out, p + off + 8, 16);
+                s = FST_OK;
+                break;
+            }
+        }
+    }
     fst_reader_end(rd);
     return s;
 }

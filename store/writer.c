@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -887,6 +888,23 @@ out:
     return fail(w, s);
 }
 
+/* 16 bytes from the kernel's random pool (getrandom never returns short
+ * for 16 bytes once the pool is initialized; EINTR is retried). */
+static fst_status random_id(const char *path, uint8_t id[16])
+{
+    size_t got = 0;
+    while (got < 16) {
+        ssize_t n = getrandom(id + got, 16 - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return fst__fail(FST_EIO, "%s: drawing the store's id (getrandom): "
+                             "%s", path, n < 0 ? strerror(errno) : "no bytes");
+        got += (size_t)n;
+    }
+    return FST_OK;
+}
+
 static fst_status write_meta(fst_writer *w, const fst_source *src)
 {
     MDB_txn *t = w->txn;
@@ -894,6 +912,43 @@ static fst_status write_meta(fst_writer *w, const fst_source *src)
     int64_t now = (int64_t)time(NULL);
     const fst_store_meta *o = &w->old;
     int rc = 0;
+    /* The id is drawn once, at creation, and kept by every append; a
+     * format 1.0 store gets one at its first append (it becomes 1.1). */
+    uint8_t id[16];
+    if (w->mode == FST_WRITE_APPEND && o->has_id) {
+        memcpy(id, o->id, sizeof id);
+    } else {
+        fst_status s = random_id(w->path, id);
+        if (s)
+            return s;
+    }
+    MDB_val idk = { strlen(FST_META_STORE_ID), (void *)FST_META_STORE_ID };
+    MDB_val idv = { sizeof id, id };
+    /* The history gets this write's entry: its generation and a random
+     * write id (FORMAT.md, "Identity"). */
+    MDB_val hk = { strlen(FST_META_HISTORY), (void *)FST_META_HISTORY }, hv;
+    size_t hold = 0;
+    if (w->mode == FST_WRITE_APPEND && o->has_id) {
+        rc = mdb_get(t, m, &hk, &hv);
+        if (rc && rc != MDB_NOTFOUND)
+            return fst__from_mdb(rc, "%s: reading metadata", w->path);
+        hold = rc ? 0 : hv.mv_size - hv.mv_size % FST_HISTORY_ENTRY;
+        rc = 0;
+    }
+    unsigned char *hist = malloc(hold + FST_HISTORY_ENTRY);
+    if (!hist)
+        return fst__fail(FST_ENOMEM, "%s: writing metadata", w->path);
+    if (hold)
+        memcpy(hist, hv.mv_data, hold);
+    for (int i = 0; i < 8; i++)
+        hist[hold + (size_t)i] = (unsigned char)(w->gen >> (8 * i));
+    fst_status hs = random_id(w->path, hist + hold + 8);
+    if (hs) {
+        free(hist);
+        return hs;
+    }
+    hv.mv_size = hold + FST_HISTORY_ENTRY;
+    hv.mv_data = hist;
 #define PUT(call) do { if (rc == 0) rc = (call); } while (0)
     PUT(fst__meta_put_u64(t, m, FST_META_FORMAT_MAJOR, FST_FORMAT_MAJOR));
     PUT(fst__meta_put_u64(t, m, FST_META_FORMAT_MINOR, FST_FORMAT_MINOR));
@@ -922,6 +977,9 @@ static fst_status write_meta(fst_writer *w, const fst_source *src)
         w->mode == FST_WRITE_CREATE ? now : o->created)));
     PUT(fst__meta_put_u64(t, m, FST_META_MODIFIED, (uint64_t)now));
     PUT(fst__meta_put_u64(t, m, FST_META_GENERATION, w->gen));
+    PUT(mdb_put(t, m, &idk, &idv, 0));
+    PUT(mdb_put(t, m, &hk, &hv, 0));
+    free(hist);
     if (w->mode == FST_WRITE_APPEND)
         PUT(mdb_drop(t, w->pending, 0));
     PUT(fst__meta_put_u64(t, m, FST_META_COMPLETE, 1));

@@ -394,7 +394,7 @@ FST_TEST(record_layout)
     ASSERT_EQ(r.len, FST_REC_MIN_SIZE);           /* small: padded */
     ASSERT_MEMEQ(v, "FSTR", 4);
     ASSERT_EQ(v[4] | v[5] << 8, FST_FORMAT_MAJOR);
-    ASSERT_EQ(v[6] | v[7] << 8, FST_FORMAT_MINOR);
+    ASSERT_EQ(v[6] | v[7] << 8, FST_REC_FORMAT_MINOR);
     ASSERT_EQ(le32get(v + FST_REC_OFF_HEADER_SIZE), FST_REC_HEADER_SIZE);
     ASSERT_EQ(le32get(v + FST_REC_OFF_DTYPE), FST_DTYPE_F32);
     ASSERT_EQ(le32get(v + FST_REC_OFF_N), 3);
@@ -1259,12 +1259,129 @@ FST_TEST(open_refuses_incomplete_store)
     ASSERT_TRUE(w == NULL);
 }
 
+static fst_store_meta meta_of(const char *p)
+{
+    fst_store *st;
+    fst_store_meta m;
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    ASSERT_OK(fst_store_meta_get(st, &m));
+    fst_store_close(st);
+    return m;
+}
+
+static void append_one(const char *p, unsigned i)
+{
+    fst_writer *w;
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    timg t;
+    std_image(&t, i, 8, FST_DTYPE_F16);
+    ASSERT_OK(fst_writer_put(w, &t.img, NULL));
+    timg_free(&t);
+    ASSERT_OK(fst_writer_finish(w, NULL));
+}
+
+/* Issue 10, item 1: a store re-imported from other data at the same path,
+ * with the same counts, within the same second, is another store. */
+FST_TEST(store_identity_id_and_generation)
+{
+    const char *a = tpath("ida.fst"), *b = tpath("idb.fst");
+    make_store(a, 3, 8, FST_DTYPE_F16);
+    make_store(b, 3, 8, FST_DTYPE_F16);          /* the same content */
+    fst_store_meta ma = meta_of(a), mb = meta_of(b);
+    ASSERT_TRUE(ma.has_id);
+    ASSERT_TRUE(mb.has_id);
+    ASSERT_TRUE(memcmp(ma.id, mb.id, sizeof ma.id) != 0);
+    static const uint8_t zero[16];
+    ASSERT_TRUE(memcmp(ma.id, zero, 16) != 0);
+    ASSERT_EQ(ma.generation, 1);
+    ASSERT_EQ(ma.format_minor, 1);
+    char ia[FST_STORE_IDENTITY_LEN], ib[FST_STORE_IDENTITY_LEN];
+    fst_store_identity(&ma, ia);
+    fst_store_identity(&mb, ib);
+    ASSERT_EQ(strlen(ia), 3 + 32);
+    ASSERT_TRUE(!strncmp(ia, "id=", 3));
+    ASSERT_TRUE(strcmp(ia, ib) != 0);
+    char hex[3];
+    snprintf(hex, sizeof hex, "%02x", ma.id[15]);
+    ASSERT_STREQ(ia + 33, hex);
+    /* an append keeps the id and advances the generation; so does a
+     * refused one not */
+    append_one(a, 9);
+    fst_store_meta m2 = meta_of(a);
+    ASSERT_TRUE(m2.has_id);
+    ASSERT_MEMEQ(m2.id, ma.id, 16);
+    ASSERT_EQ(m2.generation, 2);
+    append_one(a, 10);
+    fst_store_meta m3 = meta_of(a);
+    ASSERT_EQ(m3.generation, 3);
+    char i2[FST_STORE_IDENTITY_LEN];
+    fst_store_identity(&m2, i2);
+    ASSERT_STREQ(i2, ia);
+    /* every write has its own write id, and the history keeps them all */
+    ASSERT_TRUE(memcmp(ma.write_id, m2.write_id, 16) != 0);
+    ASSERT_TRUE(memcmp(m2.write_id, m3.write_id, 16) != 0);
+    ASSERT_TRUE(memcmp(ma.write_id, mb.write_id, 16) != 0);
+    fst_store *st;
+    uint8_t wid[16];
+    ASSERT_OK(fst_store_open(a, 0, &st));
+    ASSERT_OK(fst_store_write_id(st, 1, wid));
+    ASSERT_MEMEQ(wid, ma.write_id, 16);
+    ASSERT_OK(fst_store_write_id(st, 2, wid));
+    ASSERT_MEMEQ(wid, m2.write_id, 16);
+    ASSERT_OK(fst_store_write_id(st, 3, wid));
+    ASSERT_MEMEQ(wid, m3.write_id, 16);
+    ASSERT_STATUS(fst_store_write_id(st, 4, wid), FST_ENOTFOUND);
+    ASSERT_STATUS(fst_store_write_id(st, 0, wid), FST_ENOTFOUND);
+    fst_store_close(st);
+}
+
+/* A format 1.0 store (no id) opens, says so, and gets an id at its next
+ * append; an id of the wrong size is damage. */
+FST_TEST(store_identity_format_1_0)
+{
+    const char *p = tpath("old10.fst");
+    make_store(p, 2, 8, FST_DTYPE_F16);
+    unsigned char zero8[8] = { 0 };
+    ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_STORE_ID, NULL, 0));
+    ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_HISTORY, NULL, 0));
+    ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_FORMAT_MINOR, zero8, 8));
+    fst_store_meta m = meta_of(p);
+    ASSERT_TRUE(!m.has_id);
+    ASSERT_EQ(m.format_minor, 0);
+    ASSERT_EQ(m.generation, 1);
+    char id[FST_STORE_IDENTITY_LEN];
+    fst_store_identity(&m, id);
+    ASSERT_TRUE(!strncmp(id, "legacy=2,", 9));
+    fst_store *st = NULL;
+    uint8_t wid[16];
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    ASSERT_STATUS(fst_store_write_id(st, 1, wid), FST_ENOTFOUND);
+    fst_store_close(st);
+    append_one(p, 5);
+    m = meta_of(p);
+    ASSERT_TRUE(m.has_id);
+    ASSERT_EQ(m.format_minor, 1);
+    ASSERT_EQ(m.generation, 2);
+    /* its history starts with the append that gave it the id */
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    ASSERT_STATUS(fst_store_write_id(st, 1, wid), FST_ENOTFOUND);
+    ASSERT_OK(fst_store_write_id(st, 2, wid));
+    ASSERT_MEMEQ(wid, m.write_id, 16);
+    fst_store_close(st);
+    st = NULL;
+    ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_STORE_ID, "short", 5));
+    ASSERT_STATUS(fst_store_open(p, 0, &st), FST_ECORRUPT);
+    ASSERT_CONTAINS(fst_errdetail(), "metadata 'store_id' has 5 bytes");
+    ASSERT_TRUE(st == NULL);
+}
+
 FST_TEST(open_refuses_newer_major)
 {
     const char *p = tpath("newer.fst");
     make_store(p, 2, 4, FST_DTYPE_F32);
-    unsigned char two[8] = { 2 };
+    unsigned char two[8] = { 2 }, zero[8] = { 0 };
     ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_FORMAT_MAJOR, two, 8));
+    ASSERT_OK(fst__store_put_raw(p, FST_DB_META, FST_META_FORMAT_MINOR, zero, 8));
     fst_store *st;
     ASSERT_STATUS(fst_store_open(p, 0, &st), FST_EVERSION);
     ASSERT_CONTAINS(fst_errdetail(), "store format 2.0");

@@ -779,6 +779,105 @@ FST_TEST(journal_map_grows_on_demand_and_reopens)
     ASSERT_OK(fst_journal_remove(path));
 }
 
+/* Issue 10, item 9: a resumed run deletes the journaled pairs its list no
+ * longer has. A delete is undone by nothing: not by a map that grows in
+ * the same transaction (which redoes the transaction), not by a reopen. */
+FST_TEST(journal_del_survives_a_grow_and_a_reopen)
+{
+    const char *path = tmp_path("del.journal");
+    fst_journal_remove(path);
+    fst_journal *j = NULL;
+    uint64_t n;
+    int16_t m[10];
+    uint16_t s[10];
+    ASSERT_OK(fst_journal_open(path, FST_JOURNAL_CREATE, &j));
+    fst_journal_rec r = rec_of("a", "b", 10, m, s);
+    ASSERT_OK(fst_journal_put(j, "a/b", &r));
+    r = rec_of("a", "c", 10, m, s);
+    ASSERT_OK(fst_journal_put(j, "a/c", &r));
+    char longname[700], longkey[1500];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    snprintf(longkey, sizeof longkey, "%s/y", longname);
+    r = rec_of(longname, "y", 10, m, s);
+    ASSERT_OK(fst_journal_put(j, longkey, &r));
+    ASSERT_OK(fst_journal_commit(j));
+    ASSERT_OK(fst_journal_del(j, "a/b"));
+    ASSERT_OK(fst_journal_del(j, longkey));                 /* stored under its hash */
+    ASSERT_STATUS(fst_journal_del(j, "a/b"), FST_ENOTFOUND);
+    ASSERT_STATUS(fst_journal_del(j, "zz/zz"), FST_ENOTFOUND);
+    fst_journal_rec g;
+    ASSERT_STATUS(fst_journal_get(j, "a/b", &g), FST_ENOTFOUND);  /* before the commit */
+    /* the same transaction outgrows the 64 MB map: it is redone in a larger one */
+    ASSERT_OK(put_big(j, 0, 18000, 0));
+    ASSERT_OK(fst_journal_count(j, &n));
+    ASSERT_EQ(n, 18000 + 1);
+    ASSERT_STATUS(fst_journal_get(j, "a/b", &g), FST_ENOTFOUND);
+    ASSERT_STATUS(fst_journal_get(j, longkey, &g), FST_ENOTFOUND);
+    fst_journal_close(j);
+    ASSERT_OK(fst_journal_open(path, 0, &j));
+    ASSERT_OK(fst_journal_count(j, &n));
+    ASSERT_EQ(n, 18000 + 1);
+    ASSERT_STATUS(fst_journal_get(j, "a/b", &g), FST_ENOTFOUND);
+    ASSERT_OK(fst_journal_get(j, "a/c", &g));
+    ASSERT_TRUE(check_big(j, 0, 18000));
+    /* a deleted key that a walk gave (the stored hash) works as well */
+    walk_ctx w = {.n = 0};
+    r = rec_of(longname, "y", 10, m, s);
+    ASSERT_OK(fst_journal_put(j, longkey, &r));
+    ASSERT_OK(fst_journal_commit(j));
+    ASSERT_OK(fst_journal_foreach(j, 0, walk_cb, &w));
+    ASSERT_TRUE(!strncmp(w.keys[0], "#h:", 3));
+    ASSERT_OK(fst_journal_del(j, w.keys[0]));
+    ASSERT_OK(fst_journal_commit(j));
+    ASSERT_STATUS(fst_journal_get(j, longkey, &g), FST_ENOTFOUND);
+    fst_journal_close(j);
+    ASSERT_OK(fst_journal_open(path, FST_JOURNAL_RDONLY, &j));
+    ASSERT_STATUS(fst_journal_del(j, "a/c"), FST_EINVAL);
+    fst_journal_close(j);
+    ASSERT_OK(fst_journal_remove(path));
+}
+
+/* Issue 10, item 1: what a journal's identity says about today's data,
+ * without a store (the cases that need no look-up of an older generation). */
+FST_TEST(identity_check_without_history)
+{
+    static const char a[] = "id=00112233445566778899aabbccddeeff generation=3 "
+                            "write=0123456789abcdef0123456789abcdef";
+    static const char a_copy[] = "id=00112233445566778899aabbccddeeff generation=3 "
+                                 "write=fedcba9876543210fedcba9876543210";
+    static const char a_old[] = "id=00112233445566778899aabbccddeeff generation=2 "
+                                "write=0123456789abcdef0123456789abcdef";
+    static const char b[] = "id=ffeeddccbbaa99887766554433221100 generation=3 "
+                            "write=0123456789abcdef0123456789abcdef";
+    fst__identity_verdict v;
+    const char *none = "/nonexistent/store.fst";   /* never opened here */
+    ASSERT_OK(fst__identity_check(none, a, a, &v));
+    ASSERT_EQ(v, FST__ID_SAME);
+    ASSERT_OK(fst__identity_check(none, a, b, &v));
+    ASSERT_EQ(v, FST__ID_OTHER);
+    ASSERT_OK(fst__identity_check(none, a, a_copy, &v));   /* same generation, other write */
+    ASSERT_EQ(v, FST__ID_COPY);
+    ASSERT_OK(fst__identity_check(none, a, a_old, &v));    /* the journal is newer */
+    ASSERT_EQ(v, FST__ID_COPY);
+    /* a later generation needs the store's history: a missing store is an error */
+    ASSERT_TRUE(fst__identity_check(none, a_old, a, &v) != FST_OK);
+    ASSERT_TRUE(fst__identity_same(a, a_old));
+    ASSERT_TRUE(!fst__identity_same(a, b));
+    ASSERT_OK(fst__identity_check(none, "h5=00ff,10", "h5=00ff,10", &v));
+    ASSERT_EQ(v, FST__ID_SAME);
+    ASSERT_OK(fst__identity_check(none, "h5=00ff,10", "h5=00fe,10", &v));
+    ASSERT_EQ(v, FST__ID_OTHER);
+    ASSERT_OK(fst__identity_check(none, "", "", &v));       /* no query, both times */
+    ASSERT_EQ(v, FST__ID_SAME);
+    ASSERT_OK(fst__identity_check(none, "legacy=1,2,3,4,5,6,1 generation=1",
+                                  "legacy=1,2,3,4,6,6,1 generation=2", &v));
+    ASSERT_EQ(v, FST__ID_OTHER);
+    ASSERT_OK(fst__identity_check(none, "legacy=1,2,3,4,5,6,1 generation=1",
+                                  "legacy=1,2,3,4,5,6,1 generation=1", &v));
+    ASSERT_EQ(v, FST__ID_SAME);
+}
+
 FST_TEST(journal_reader_follows_a_growing_writer)
 {
     const char *path = tmp_path("grow.journal");

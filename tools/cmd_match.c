@@ -134,6 +134,9 @@ static void print_json(const fst_run_stats *st, const char *output, fst_status s
             (unsigned long long)st->pairs_failed, (unsigned long long)st->pairs_written,
             (unsigned long long)st->matches);
     fprintf(f, ",\"pairs_bom\":%llu", (unsigned long long)st->pairs_bom);
+    fprintf(f, ",\"pairs_duplicates\":%llu,\"pairs_reversed\":%llu,\"journal_stale\":%llu",
+            (unsigned long long)st->pairs_duplicates, (unsigned long long)st->pairs_reversed,
+            (unsigned long long)st->journal_stale);
     json_num(f, "wall_s", st->wall_s);
     json_num(f, "match_s", st->match_s);
     json_num(f, "write_s", st->write_s);
@@ -197,7 +200,24 @@ static void print_summary(FILE *f, const fst_run_stats *st, const char *output, 
         fprintf(f, "%s%llu skipped: unknown images", sep, (unsigned long long)st->pairs_missing);
         sep = ", ";
     }
+    if (st->journal_stale) {
+        fprintf(f, "%s%llu journaled pair%s no longer listed: discarded", sep,
+                (unsigned long long)st->journal_stale, st->journal_stale == 1 ? "" : "s");
+        sep = ", ";
+    }
     fputs(sep[0] == ',' ? ")\n" : "\n", f);
+    fprintf(f, "  pairs file: %llu line%s, %llu unique pair%s", (unsigned long long)st->pairs_lines,
+            st->pairs_lines == 1 ? "" : "s", (unsigned long long)st->pairs_unique,
+            st->pairs_unique == 1 ? "" : "s");
+    if (st->pairs_duplicates)
+        fprintf(f, ", %llu duplicate%s dropped", (unsigned long long)st->pairs_duplicates,
+                st->pairs_duplicates == 1 ? "" : "s");
+    if (st->pairs_reversed)
+        fprintf(f, ", %llu reversed dropped", (unsigned long long)st->pairs_reversed);
+    if (st->pairs_self)
+        fprintf(f, ", %llu self pair%s", (unsigned long long)st->pairs_self,
+                st->pairs_self == 1 ? "" : "s");
+    fputc('\n', f);
     if (st->pairs_todo) {
         fprintf(f, "  %.2f s wall, %.1f pairs/s on %u %s worker%s", st->wall_s,
                 st->match_s > 0 ? (double)st->pairs_matched / st->match_s : 0.0, st->workers,

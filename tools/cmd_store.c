@@ -277,6 +277,8 @@ int fst_cmd_info(int argc, char **argv)
         return failed(cmd, s);
     struct stat sb;
     uint64_t file_bytes = stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    char id[FST_STORE_IDENTITY_LEN];
+    fst_store_identity(&m, id);
 
     if (json) {
         printf("{\"store\": ");
@@ -294,8 +296,16 @@ int fst_cmd_info(int argc, char **argv)
         fst__json_str(stdout, m.source_name);
         printf(", \"size\": %" PRIu64 ", \"mtime\": %" PRId64 "}", m.source_size,
                m.source_mtime);
-        printf(", \"created\": %" PRId64 ", \"modified\": %" PRId64 "}\n", m.created,
+        printf(", \"created\": %" PRId64 ", \"modified\": %" PRId64, m.created,
                m.modified);
+        printf(", \"store_id\": ");
+        if (m.has_id)
+            printf("\"%s\"", id + 3);
+        else
+            printf("null");
+        printf(", \"generation\": %" PRIu64 ", \"identity\": ", m.generation);
+        fst__json_str(stdout, id);
+        printf("}\n");
         return ferror(stdout) ? 1 : 0;
     }
     char h1[FST__HUMAN_LEN], h2[FST__HUMAN_LEN], h3[FST__HUMAN_LEN], t1[32], t2[32], t3[32];
@@ -317,6 +327,12 @@ int fst_cmd_info(int argc, char **argv)
            fst__human_bytes(m.source_size, h3), fst__human_time(m.source_mtime, t1));
     printf("created      %s\n", fst__human_time(m.created, t2));
     printf("modified     %s\n", fst__human_time(m.modified, t3));
+    if (m.has_id)
+        printf("id           %s, generation %" PRIu64 "\n", id + 3, m.generation);
+    else
+        printf("id           none (format %u.%u store; matches identify it by its counts "
+               "and times; its next append gives it an id), generation %" PRIu64 "\n",
+               m.format_major, m.format_minor, m.generation);
     return ferror(stdout) ? 1 : 0;
 }
 

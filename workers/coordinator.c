@@ -105,6 +105,7 @@ typedef struct run {
     char               *jpath;
     fst_journal        *j;
     fst_store_meta      meta;
+    char                sid[256], qid[256];  /* identities (identity.c) */
     /* state */
     int64_t             t0, t_launch, t_match0;
     uint32_t            deaths_since_progress, startup_failures;
@@ -286,16 +287,10 @@ static bool is_hdf5(const char *path)
     return yes;
 }
 
-static void store_id(const fst_store_meta *m, char *buf, size_t len)
-{
-    snprintf(buf, len, "%llu,%llu,%llu,%lld,%lld,%u,%u", (unsigned long long)m->n_images,
-             (unsigned long long)m->n_keypoints, (unsigned long long)m->payload_bytes,
-             (long long)m->created, (long long)m->modified, m->d, (unsigned)m->dtype);
-}
-
 /* The query: a store used as is, or an hloc features.h5 imported once into
  * a temporary store beside the output (removed at the end). *id gets what
- * identifies its content for the journal. */
+ * identifies its content for the journal: the store's id and generation,
+ * or a hash of the features.h5 (its temporary store's id is new each run). */
 static fst_status setup_query(run *R, char *id, size_t idlen)
 {
     fst_status s;
@@ -317,7 +312,8 @@ static fst_status setup_query(run *R, char *id, size_t idlen)
         s = fst_import_h5(q, R->query_tmp, &io, NULL);
         if (s) return fst__failpre(s, "query %s: ", q);
         R->query_store = strdup(R->query_tmp);
-        snprintf(id, idlen, "h5,%lld,%lld", (long long)sb.st_size, (long long)sb.st_mtime);
+        s = fst__identity_of_file(q, id, idlen);
+        if (s) return fst__failpre(s, "query: ");
     } else {
         R->query_store = strdup(q);
         id[0] = '\0';
@@ -328,7 +324,7 @@ static fst_status setup_query(run *R, char *id, size_t idlen)
     s = fst_store_meta_get(qs, &qm);
     fst_store_close(qs);
     if (s) return fst__failpre(s, "query: ");
-    if (!id[0]) store_id(&qm, id, idlen);
+    if (!id[0]) fst__identity_of_store(&qm, id, idlen);
     if (qm.d && R->meta.d && (qm.d != R->meta.d || qm.dtype != R->meta.dtype))
         return fst__fail(FST_EINVAL, "query %s has %u-dimensional %s descriptors, store %s "
                          "%u-dimensional %s: they cannot be matched", q, qm.d,
@@ -446,23 +442,21 @@ static fst_status in_output(run *R, const fst__strtab *keys, uint32_t i0, uint32
     return FST_OK;
 }
 
-static fst_status build_params(run *R, const char *qid, char **out)
+static fst_status build_params(run *R, char **out)
 {
-    /* What the results depend on, by content, not by path: the same store
-     * reached another way, or a copy of the pairs file, resumes. */
+    /* The matcher's settings. What else the results depend on is the
+     * content of the store and the query, journaled apart as their
+     * identities (R->sid, R->qid; identity.c). Not the pairs file: a pair
+     * is the same result in any list, so an edited list resumes. */
     const fst_run_opts *o = R->o;
-    char sid[200];
-    store_id(&R->meta, sid, sizeof sid);
-    size_t n = 1024 + strlen(qid);
+    size_t n = 1024;
     char *p = malloc(n);
     if (!p)
         return fst__fail(FST_ENOMEM, "journal parameters");
     snprintf(p, n,
-             "store_id=%s\nquery_id=%s\npairs_xxh3=%016llx\n"
              "mutual=%d\nratio_threshold=%.17g\ndistance_threshold=%.17g\n"
              "matches_dtype=%s\noverwrite=%d\n",
-             sid, qid,
-             (unsigned long long)fst_pairs_stats(R->pairs)->hash, o->match.mutual ? 1 : 0,
+             o->match.mutual ? 1 : 0,
              o->match.ratio_threshold, o->match.distance_threshold,
              o->index_size == 4 ? "int32" : "int16", o->overwrite ? 1 : 0);
     *out = p;
@@ -516,26 +510,133 @@ static void params_diff(const char *a, const char *b, char *buf, size_t len)
 
 typedef struct resume_ctx {
     run         *R;
-    fst__u64set *done;       /* (i0 << 32 | i1) of journaled pairs */
-    uint64_t     records;
+    const bool  *drop;       /* names left out (--skip-missing) */
+    fst__u64set *listed;     /* (i0 << 32 | i1) of this run's pairs */
+    fst__u64set *done;       /* of those, the journaled ones */
+    char       **stale;      /* stored keys of journaled pairs not listed */
+    size_t       nstale, capstale;
 } resume_ctx;
 
+/* A journaled pair is reused when this run's list has it, in the same
+ * orientation (its matches0 is its first image's), by name: the journal's
+ * keys are names, so a reordered or edited pairs file resumes too. The
+ * others are collected, to be deleted: matches.h5 holds the list's pairs
+ * only. */
 static fst_status resume_one(const char *key, const fst_journal_rec *rec, void *ctx)
 {
-    (void)key;
     resume_ctx *c = ctx;
-    c->records++;
-    uint32_t a, b;
-    a = fst__pairs_find(c->R->pairs, rec->name0);
-    b = fst__pairs_find(c->R->pairs, rec->name1);
-    if (a == UINT32_MAX || b == UINT32_MAX) return FST_OK;
-    int r = fst__u64set_add(c->done, (uint64_t)a << 32 | b);
-    return r < 0 ? (fst_status)r : FST_OK;
+    uint32_t a = fst__pairs_find(c->R->pairs, rec->name0);
+    uint32_t b = fst__pairs_find(c->R->pairs, rec->name1);
+    uint64_t k = (uint64_t)a << 32 | b;
+    if (a != UINT32_MAX && b != UINT32_MAX && !c->drop[a] && !c->drop[b] &&
+        fst__u64set_has(c->listed, k)) {
+        int r = fst__u64set_add(c->done, k);
+        return r < 0 ? (fst_status)r : FST_OK;
+    }
+    if (c->nstale == c->capstale) {
+        size_t cap = c->capstale ? c->capstale * 2 : 64;
+        char **p = realloc(c->stale, cap * sizeof *p);
+        if (!p) return fst__fail(FST_ENOMEM, "journal");
+        c->stale = p;
+        c->capstale = cap;
+    }
+    if (!(c->stale[c->nstale] = strdup(key))) return fst__fail(FST_ENOMEM, "journal");
+    c->nstale++;
+    return FST_OK;
 }
 
-/* Open the journal: resume a run with the same parameters, refuse one with
- * others (or, with overwrite, start over). Done pairs go into *done. */
-static fst_status open_journal(run *R, const char *params, fst__u64set *done, bool create)
+/* Walk the journal: its pairs this run lists go into *done, the others are
+ * deleted (committed before the run goes on). */
+static fst_status resume(run *R, const bool *drop, fst__u64set *done)
+{
+    fst_status s;
+    fst__u64set listed = {0};
+    resume_ctx c = {R, drop, &listed, done, NULL, 0, 0};
+    size_t np = fst_pairs_count(R->pairs);
+    for (size_t i = 0; i < np; i++) {
+        fst_pair p = fst_pairs_get(R->pairs, i);
+        int r = fst__u64set_add(&listed, (uint64_t)p.i0 << 32 | p.i1);
+        if (r < 0) { s = (fst_status)r; goto out; }
+    }
+    FST_TRY(fst_journal_foreach(R->j, 0, resume_one, &c));
+    for (size_t i = 0; i < c.nstale; i++)
+        FST_TRY(fst_journal_del(R->j, c.stale[i]));
+    R->st->journal_stale = c.nstale;
+    if (c.nstale) {
+        FST_TRY(fst_journal_commit(R->j));
+        notice(R, "note: %zu journaled pair%s not in %s (or naming images it skips): "
+               "discarded, not written to %s", c.nstale, c.nstale > 1 ? "s are" : " is",
+               R->o->pairs, R->o->output);
+    }
+out:
+    for (size_t i = 0; i < c.nstale; i++) free(c.stale[i]);
+    free(c.stale);
+    fst__u64set_free(&listed);
+    return s;
+}
+
+/* Why the journal's pairs may not be reused by this run, into why[0..len)
+ * ("" if they may): computed from another store or query (or another copy
+ * of it, appended to separately), or with other settings. A later
+ * generation of the same store is fine (appends never change a record): a
+ * note says so, and the journal takes the new one. */
+static fst_status journal_mismatch(run *R, const char *old, const char *params, uint64_t nrec,
+                                   char *why, size_t len)
+{
+    fst_status s;
+    char *osid = NULL, *oqid = NULL;
+    fst__identity_verdict vs = FST__ID_OTHER, vq = FST__ID_OTHER;
+    static const char *const kind[] = {"", "", " (another copy of it, appended to separately)",
+                                       ""};
+    why[0] = '\0';
+    s = fst_journal_meta_get(R->j, "store", &osid);
+    if (s == FST_OK) s = fst_journal_meta_get(R->j, "query", &oqid);
+    if (s && s != FST_ENOTFOUND) goto out;
+    s = FST_OK;
+    if (osid && oqid) {
+        FST_TRY(fst__identity_check(R->store_path, osid, R->sid, &vs));
+        FST_TRY(fst__identity_check(R->query_store ? R->query_store : "", oqid, R->qid, &vq));
+    }
+    if (!old || !osid || !oqid) {
+        snprintf(why, len, "written by an older featstore, which did not record the identity "
+                 "of the store its %llu pair%s were computed from", (unsigned long long)nrec,
+                 nrec == 1 ? "" : "s");
+    } else if (vs >= FST__ID_COPY) {
+        snprintf(why, len, "%llu pair%s computed from another store%s: the journal's is %s, "
+                 "%s is %s", (unsigned long long)nrec, nrec == 1 ? "" : "s", kind[vs], osid,
+                 R->store_path, R->sid);
+    } else if (vq >= FST__ID_COPY) {
+        snprintf(why, len, "%llu pair%s computed with another query%s: the journal's is %s, "
+                 "%s is %s", (unsigned long long)nrec, nrec == 1 ? "" : "s", kind[vq],
+                 oqid[0] ? oqid : "none", R->o->query ? R->o->query : "this run's",
+                 R->qid[0] ? R->qid : "none");
+    } else if (strcmp(old, params) != 0) {
+        char diff[600];
+        params_diff(old, params, diff, sizeof diff);
+        snprintf(why, len, "other parameters (%s)", diff);
+    } else {
+        if (vs == FST__ID_APPENDED)
+            notice(R, "note: %s was appended to since %s was written (%s, now %s): its "
+                   "pairs stay valid, as an append never changes a stored image",
+                   R->store_path, R->jpath, osid, R->sid);
+        if (vq == FST__ID_APPENDED)
+            notice(R, "note: the query %s was appended to since %s was written (%s, now "
+                   "%s): its pairs stay valid", R->o->query, R->jpath, oqid, R->qid);
+        FST_TRY(fst_journal_meta_put(R->j, "store", R->sid));
+        FST_TRY(fst_journal_meta_put(R->j, "query", R->qid));
+        FST_TRY(fst_journal_commit(R->j));
+    }
+out:
+    free(osid);
+    free(oqid);
+    return s;
+}
+
+/* Open the journal: resume a run on the same data with the same settings,
+ * whatever its pairs file; refuse one on other data or with other settings
+ * (or, with overwrite, start over). Reused pairs go into *done. */
+static fst_status open_journal(run *R, const char *params, const bool *drop, fst__u64set *done,
+                               bool create)
 {
     fst_status s;
     const fst_run_opts *o = R->o;
@@ -562,38 +663,40 @@ static fst_status open_journal(run *R, const char *params, fst__u64set *done, bo
             uint64_t nrec = 0;
             s = fst_journal_meta_get(R->j, "params", &old);
             if (s && s != FST_ENOTFOUND) return s;
-            if (!old && (s = fst_journal_count(R->j, &nrec)) != FST_OK) return s;
+            if ((s = fst_journal_count(R->j, &nrec)) != FST_OK) { free(old); return s; }
+            char why[1200];
             if (!old && nrec == 0) {
                 notice(R, "note: removing %s, left by a run that failed while creating it",
                        R->jpath);
                 fst_journal_close(R->j);
                 R->j = NULL;
                 FST_TRY(fst_journal_remove(R->jpath));
-            } else if (!old || strcmp(old, params) != 0) {
-                char diff[600];
-                if (old) params_diff(old, params, diff, sizeof diff);
-                else snprintf(diff, sizeof diff, "no parameters recorded");
+            } else if ((s = journal_mismatch(R, old, params, nrec, why, sizeof why)) != FST_OK) {
+                free(old);
+                return s;
+            } else if (why[0]) {
+                bool settings = !strncmp(why, "other parameters", 16);
                 free(old);
                 if (!o->overwrite)
-                    return fst__fail(FST_EEXIST, "%s belongs to an interrupted run with other "
-                                     "parameters (%s): run that command again to finish it, "
-                                     "or pass --overwrite to start over", R->jpath, diff);
-                notice(R, "note: discarding %s from a run with other parameters (%s): --overwrite",
-                       R->jpath, diff);
+                    return fst__fail(FST_EEXIST, "%s belongs to an interrupted run with %s: %s, "
+                                     "or pass --overwrite to start over", R->jpath, why,
+                                     settings ? "run that command again to finish it"
+                                              : "finish it on the data it was computed from");
+                notice(R, "note: discarding %s from a run with %s: --overwrite", R->jpath, why);
                 fst_journal_close(R->j);
                 R->j = NULL;
                 FST_TRY(fst_journal_remove(R->jpath));
             } else {
                 free(old);
-                resume_ctx c = {R, done, 0};
-                FST_TRY(fst_journal_foreach(R->j, 0, resume_one, &c));
-                return FST_OK;
+                return resume(R, drop, done);
             }
         }
     }
     if (!create) return FST_OK;
     FST_TRY(fst_journal_open(R->jpath, FST_JOURNAL_CREATE, &R->j));
     FST_TRY(fst_journal_meta_put(R->j, "params", params));
+    FST_TRY(fst_journal_meta_put(R->j, "store", R->sid));
+    FST_TRY(fst_journal_meta_put(R->j, "query", R->qid));
     FST_TRY(fst_journal_commit(R->j));
     return FST_OK;
 out:
@@ -1708,6 +1811,8 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     stats->pairs_lines = pi->lines;
     stats->pairs_unique = fst_pairs_count(R->pairs);
     stats->pairs_self = pi->self_pairs;
+    stats->pairs_duplicates = pi->duplicates;
+    stats->pairs_reversed = pi->reversed;
     if (pi->self_pairs)
         notice(R, "warning: %s:%llu: an image paired with itself (%llu such pair%s): matched "
                "as hloc does", o->pairs, (unsigned long long)pi->first_self_line,
@@ -1721,6 +1826,7 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
         s = fst_store_meta_get(st, &R->meta);
         fst_store_close(st);
         if (s) goto out;
+        fst__identity_of_store(&R->meta, R->sid, sizeof R->sid);
         struct stat sb;
         if (stat(o->store, &sb) == 0) stats->store_bytes = (uint64_t)sb.st_size;
     }
@@ -1735,11 +1841,16 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
         s = fst__failpre(s, "--backend-params %s: ", o->backend_params);
         goto out;
     }
-    char qid[256] = "";
-    if (o->query) FST_TRY(setup_query(R, qid, sizeof qid));
+    if (o->query) FST_TRY(setup_query(R, R->qid, sizeof R->qid));
     drop = calloc(fst_pairs_nnames(R->pairs) + 1, sizeof *drop);
     if (!drop) { s = fst__fail(FST_ENOMEM, "names"); goto out; }
-    FST_TRY(check_names(R, drop));
+    s = check_names(R, drop);
+    /* counted also when the run stops here: the summary says how many */
+    for (size_t i = 0, np = fst_pairs_count(R->pairs); i < np; i++) {
+        fst_pair p = fst_pairs_get(R->pairs, i);
+        stats->pairs_missing += drop[p.i0] || drop[p.i1];
+    }
+    if (s) goto out;
     if ((s = fst_pairs_check_keys(R->pairs, drop))) {
         s = fst__failpre(s, "%s: ", o->pairs);
         goto out;
@@ -1762,8 +1873,8 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
             goto out;
         }
     }
-    FST_TRY(build_params(R, qid, &params));
-    FST_TRY(open_journal(R, params, &done, false));
+    FST_TRY(build_params(R, &params));
+    FST_TRY(open_journal(R, params, drop, &done, false));
 
     /* 3. the pairs of this run */
     size_t np = fst_pairs_count(R->pairs);
@@ -1771,12 +1882,8 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     if (!R->todo) { s = fst__fail(FST_ENOMEM, "%zu pairs", np); goto out; }
     for (size_t i = 0; i < np; i++) {
         fst_pair p = fst_pairs_get(R->pairs, i);
-        if (drop[p.i0] || drop[p.i1]) {
-            stats->pairs_missing++;
-            continue;
-        }
-        bool jd = fst__u64set_has(&done, (uint64_t)p.i0 << 32 | p.i1) ||
-                  fst__u64set_has(&done, (uint64_t)p.i1 << 32 | p.i0);
+        if (drop[p.i0] || drop[p.i1]) continue;             /* pairs_missing */
+        bool jd = fst__u64set_has(&done, (uint64_t)p.i0 << 32 | p.i1);
         bool od = false;
         if (existing.n) FST_TRY(in_output(R, &existing, p.i0, p.i1, &od));
         if (jd) {
@@ -1800,7 +1907,7 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
 
     /* 4. match */
     if (R->ntodo) {
-        if (!R->j) FST_TRY(open_journal(R, params, &done, true));
+        if (!R->j) FST_TRY(open_journal(R, params, drop, &done, true));
         R->t_match0 = fst__now_ns();
         FST_TRY(start_workers(R));
         s = supervise(R);

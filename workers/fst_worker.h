@@ -158,7 +158,8 @@ typedef struct fst_run_opts {
     uint32_t    index_size;     /* matches0 bytes: 2 (int16, hloc) or 4 */
     bool        overwrite;      /* recompute pairs already in the output;
                                    start a new journal if the old one's
-                                   parameters differ */
+                                   data (store, query) or parameters
+                                   differ */
     bool        skip_missing;   /* drop pairs naming unknown images */
     uint32_t    batch_pairs;    /* most pairs per batch (0: 128) */
     uint32_t    commit_pairs;   /* journal commit every N results (0: 512) */
@@ -193,9 +194,13 @@ typedef struct fst_run_stats {
     uint64_t pairs_lines;      /* pair lines in the file */
     uint64_t pairs_unique;     /* after hloc's de-duplication */
     uint64_t pairs_self;
+    uint64_t pairs_duplicates; /* lines dropped: the same pair again */
+    uint64_t pairs_reversed;   /* lines dropped: the reverse of a kept pair */
     uint64_t pairs_missing;    /* dropped by skip_missing */
     uint64_t pairs_existing;   /* already in the output (skipped) */
     uint64_t pairs_resumed;    /* already in the journal (skipped) */
+    uint64_t journal_stale;    /* journaled pairs this list no longer has
+                                  (deleted from the journal, not written) */
     uint64_t pairs_todo;       /* handed to workers by this run */
     uint64_t pairs_matched;    /* matched and journaled by this run */
     uint64_t pairs_failed;     /* failures[] */
@@ -241,9 +246,14 @@ typedef struct fst_run_stats {
  *           resumes);
  *         FST_ENOTFOUND: unknown image names (detail lists the first few
  *           and the count);
- *         FST_EEXIST: a journal from a run with other parameters, or
- *           another run on the same output; two pairs with one matches.h5
- *           key (fst_pairs_check_keys); an output holding features;
+ *         FST_EEXIST: a journal from a run on other data (another store
+ *           or query, or another copy of the store appended to
+ *           separately: the detail names both identities) or with other
+ *           parameters, or another run on the same output; two pairs with
+ *           one matches.h5 key (fst_pairs_check_keys); an output holding
+ *           features. A journal of the same data and parameters is resumed
+ *           whatever the pairs file: the pairs it lists are reused
+ *           (pairs_resumed), the others deleted from it (journal_stale);
  *         FST_ENODEVICE: device asked for is not there;
  *         FST_EINVAL, FST_EFORMAT, FST_EIO, FST_EFULL, FST_ENOMEM...: the
  *           detail names the file or pair at fault. */

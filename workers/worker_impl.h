@@ -166,6 +166,42 @@ void fst__u64set_free(fst__u64set *s);
  * UINT32_MAX if no pair names it. */
 uint32_t fst__pairs_find(const fst_pairs *p, const char *name);
 
+/* ---- identities of a run's data (identity.c) ---- */
+
+struct fst_store_meta;
+
+/* fst__identity_of_store() : "id=<hex> generation=<g> write=<hex>" (or the
+ * format 1.0 fallback "legacy=... generation=<g>", see
+ * fst_store_identity()) into buf. */
+void fst__identity_of_store(const struct fst_store_meta *m, char *buf, size_t len);
+
+/* fst__identity_of_file() : "h5=<XXH3-128 hex of the bytes>,<size>" of the
+ * file at `path` (one read of it) into buf.
+ * @return FST_OK; FST_EIO (detail names the file); FST_ENOMEM. */
+fst_status fst__identity_of_file(const char *path, char *buf, size_t len);
+
+/* fst__identity_same() : do two identities name the same content? Ids (or
+ * file hashes) are compared; generations are not (an append keeps every
+ * record as it was). */
+bool fst__identity_same(const char *a, const char *b);
+
+typedef enum fst__identity_verdict {
+    FST__ID_SAME = 0,     /* the very same content */
+    FST__ID_APPENDED,     /* the same store, appended to since: its records
+                             are those of then, and more */
+    FST__ID_COPY,         /* the same id, another history: a copy appended
+                             to separately, or an older copy */
+    FST__ID_OTHER,        /* another store or file */
+} fst__identity_verdict;
+
+/* fst__identity_check() :
+ * How the data now identified by `now` (the store at `path`, or a file
+ * hash) relates to what a journal recorded as `old`. Opens the store at
+ * `path` only to look up an earlier generation's write id.
+ * @return FST_OK with *out set; FST_EIO / FST_ECORRUPT... opening it. */
+fst_status fst__identity_check(const char *path, const char *old, const char *now,
+                               fst__identity_verdict *out);
+
 /* ---- time ---- */
 int64_t fst__now_ns(void);   /* CLOCK_MONOTONIC */
 

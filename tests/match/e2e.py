@@ -27,6 +27,12 @@ command as a user would ($FEATSTORE), and reads the output the way hloc does
                     pair; a UTF-8 byte-order mark removed and counted
   output_paths      -o through a symbolic link; -o naming a features file
   messages          device strings, --backend-params keys, settings as written
+  store_identity    a store or query replaced by another import with the same
+                    counts within one second: journaled pairs refused, naming
+                    both ids; after an append they are kept
+  pairs_changed     pairs file edited after an interruption: journaled pairs
+                    reused by name, the others discarded and counted
+  counts            every count of the summary (text and --json) against the run
 """
 import json
 import os
@@ -914,6 +920,283 @@ def case_messages(w):
              "--distance-threshold", "0.1"], expect=1)
     assert "distance_threshold was '0.7', now '0.1'" in r.stderr, r.stderr
     assert "0000000" not in r.stderr, r.stderr
+
+
+def info(store):
+    return json.loads(run(["info", store, "--json"]).stdout)
+
+
+def interrupt(store, pairs, out, lg, *extra, n=4, ms=15, kill9=False):
+    """A run stopped by SIGINT (or kill -9) once n pairs are matched: its
+    journal stays."""
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--quiet", "--json", *extra],
+              slow_env(lg, ms=ms))
+    wait_lines(lg, n, p)
+    if kill9:
+        time.sleep(0.4)                        # the journal commits every 250 ms
+        kids = caselib.children(p.pid)
+        os.kill(p.pid, signal.SIGKILL)
+        p.communicate()
+        t0 = time.time()
+        while not all(gone(k) for k in kids):
+            assert time.time() - t0 < 10, f"workers {kids} outlived the coordinator"
+            time.sleep(0.02)
+        assert not os.path.exists(out) and os.path.exists(out + ".journal")
+        return None
+    p.send_signal(signal.SIGINT)
+    stdout, err = p.communicate(timeout=60)
+    clean(err, "interrupt")
+    assert p.returncode == 130, (p.returncode, err)
+    assert not os.path.exists(out) and os.path.exists(out + ".journal")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def rm(*paths):
+    for p in paths:
+        if os.path.exists(p):
+            os.remove(p)
+
+
+def twin_stores(w, a, b, sa, sb):
+    """Import a and b (same names and counts, other content) into sa and sb
+    within one second: what the journal used to identify a store by."""
+    for _ in range(10):
+        rm(sa, sa + "-lock", sb, sb + "-lock")
+        while time.time() % 1 > 0.4:
+            time.sleep(0.02)
+        run(["import", a, sa, "--quiet"])
+        run(["import", b, sb, "--quiet"])
+        ia, ib = info(sa), info(sb)
+        if (ia["created"], ia["modified"]) == (ib["created"], ib["modified"]):
+            return ia, ib
+    # a loaded machine: the ids must tell them apart all the same
+    log("note: could not import twice within one second; going on")
+    return ia, ib
+
+
+def case_store_identity(w):
+    """Issue 10, item 1: a store replaced by another import at the same path
+    (same counts and sizes, within one second) is another store: its
+    journaled pairs are refused, naming both ids; an append keeps the id and
+    the journaled pairs."""
+    imgs = make_images(n_images=10, extra=False)
+    flipped = {n: np.flip(d, 1).copy() for n, d in imgs.items()}   # same shapes, other matches
+    write_features(w.p("a.h5"), imgs)
+    write_features(w.p("b.h5"), flipped)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False, step=(1, 2, 3, 4))
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    t, t2 = w.p("t.fst"), w.p("t2.fst")
+    ia, ib = twin_stores(w, w.p("a.h5"), w.p("b.h5"), t, t2)
+    for k in ("images", "keypoints", "payload_bytes", "d", "dtype"):
+        assert ia[k] == ib[k], (k, ia, ib)
+    refb = w.p("refb.h5")
+    match(t2, pairs, refb)
+    out = w.p("m.h5")
+    interrupt(t, pairs, out, w.p("log1.txt"), ms=80, kill9=True)
+    os.replace(t2, t)                      # t.fst is now b.h5's store
+    rm(t2 + "-lock")
+    r = run(["match", t, pairs, "-o", out, "--json"], expect=1)
+    for i in (ia, ib):
+        assert len(i["store_id"]) == 32 and int(i["store_id"], 16) > 0, i
+        assert i["generation"] == 1 and i["format_version"] == "1.1", i
+        assert i["identity"] == "id=" + i["store_id"], i
+    assert ia["store_id"] != ib["store_id"]
+    txt = run(["info", t]).stdout
+    assert f"id           {ib['store_id']}, generation 1\n" in txt, txt
+    assert "another store" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert f"id={ia['store_id']} generation=1" in r.stderr, r.stderr
+    assert f"id={ib['store_id']} generation=1" in r.stderr, r.stderr
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["status"] == "error" and js["pairs_resumed"] == 0, js
+    assert not os.path.exists(out) and os.path.exists(out + ".journal")
+    r = run(["match", t, pairs, "-o", out, "--overwrite", "--json"])
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "note: discarding" in r.stderr and "another store" in r.stderr, r.stderr
+    assert js["pairs_resumed"] == 0 and js["pairs"] == len(expect), js
+    with open(out, "rb") as x, open(refb, "rb") as y:
+        assert x.read() == y.read(), "not the fresh run's output on the new store"
+
+    # an append keeps the id and advances the generation; the journaled
+    # pairs stay valid (an append never changes a stored image)
+    c = w.p("c.fst")
+    run(["import", w.p("a.h5"), c, "--quiet"])
+    ic = info(c)
+    out2 = w.p("m2.h5")
+    interrupt(c, pairs, out2, w.p("log2.txt"))
+    write_features(w.p("x.h5"), {"new.jpg": unit(48, 50)})
+    run(["import", w.p("x.h5"), c, "--append", "--quiet"])
+    ic2 = info(c)
+    assert ic2["store_id"] == ic["store_id"] and ic2["generation"] == 2, (ic, ic2)
+    assert ic2["images"] == ic["images"] + 1
+    r = run(["match", c, pairs, "-o", out2, "--json"])
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["pairs_resumed"] >= 4 and js["pairs_resumed"] + js["pairs"] == len(expect), js
+    assert "appended to" in r.stderr and "generation=1" in r.stderr, r.stderr
+    assert "generation=2" in r.stderr, r.stderr
+    refc = w.p("refc.h5")
+    match(c, pairs, refc)
+    with open(out2, "rb") as x, open(refc, "rb") as y:
+        assert x.read() == y.read()
+
+    # a byte copy has the id; two copies appended to separately are two
+    # stores: the same generation, or a later one, refused all the same
+    d = w.p("d.fst")
+    shutil.copy(c, d)
+    assert info(d)["store_id"] == ic["store_id"]
+    write_features(w.p("x2.h5"), {"new2.jpg": unit(48, 50)})
+    write_features(w.p("y2.h5"), {"new2.jpg": unit(48, 50)})   # the name, other content
+    write_features(w.p("z.h5"), {"other.jpg": unit(48, 50)})
+    run(["import", w.p("x2.h5"), c, "--append", "--quiet"])
+    run(["import", w.p("y2.h5"), d, "--append", "--quiet"])
+    assert info(c)["generation"] == info(d)["generation"] == 3
+    pairs_new = w.write("pairs-new.txt", text + "".join(f"new2.jpg {n}\n" for n in names))
+    for extra_append in (False, True):
+        out5 = w.p(f"m5-{extra_append}.h5")
+        rm(out5 + ".journal")
+        interrupt(c, pairs_new, out5, w.p(f"log5-{extra_append}.txt"))
+        shutil.copy(d, w.p("d2.fst"))
+        if extra_append:
+            run(["import", w.p("z.h5"), w.p("d2.fst"), "--append", "--quiet"])
+        r = run(["match", w.p("d2.fst"), pairs_new, "-o", out5], expect=1)
+        assert "another store (another copy of it, appended to separately)" in r.stderr, r.stderr
+        rm(w.p("d2.fst"), w.p("d2.fst-lock"))
+
+    # the query: a store replaced the same way, and a features.h5 rewritten
+    # with the same size and modification time
+    db = w.p("db.fst")
+    run(["import", w.p("a.h5"), db, "--quiet"])
+    qa, qb = w.p("qa.fst"), w.p("qb.fst")
+    twin_stores(w, w.p("a.h5"), w.p("b.h5"), qa, qb)
+    out3 = w.p("m3.h5")
+    interrupt(db, pairs, out3, w.p("log3.txt"), "--query", qa)
+    os.replace(qb, qa)
+    rm(qb + "-lock")
+    r = run(["match", db, pairs, "-o", out3, "--query", qa], expect=1)
+    assert "another query" in r.stderr, r.stderr
+    q5 = w.p("q.h5")
+    shutil.copy(w.p("a.h5"), q5)
+    out4 = w.p("m4.h5")
+    interrupt(db, pairs, out4, w.p("log4.txt"), "--query", q5)
+    st = os.stat(q5)
+    shutil.copy(w.p("b.h5"), q5)
+    assert os.stat(q5).st_size == st.st_size
+    os.utime(q5, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = run(["match", db, pairs, "-o", out4, "--query", q5], expect=1)
+    assert "another query" in r.stderr and "h5=" in r.stderr, r.stderr
+
+
+def case_pairs_changed(w):
+    """Issue 10, item 9: the pairs file edited after an interruption. The
+    journaled pairs the new list has are reused (by name), the others
+    discarded and counted; the output is the new list's, byte for byte a
+    fresh run's."""
+    h5, store, feats, imgs = dataset(w, n_images=12, extra=False)
+    names = sorted(imgs)
+    old = hloc_io.hloc_pairs(pairs_text(names, extra=False, step=(1, 2, 3, 4, 5)))
+    pairs = w.write("pairs.txt", "".join(f"{a} {b}\n" for a, b in old))
+    out = w.p("m.h5")
+    lg = w.p("log.txt")
+    js1 = interrupt(store, pairs, out, lg, n=6)
+    done1 = set(log_lines(lg))           # a graceful stop journals every pair matched
+    assert len(done1) == js1["pairs"] >= 6, (len(done1), js1)
+    # the new list: every other old pair, one of them reversed, new pairs,
+    # in another order
+    keep = old[::2]
+    rev = keep[0]
+    new = [(rev[1], rev[0])] + keep[1:][::-1] + [(names[0], names[7]), (names[1], names[9])]
+    text = "".join(f"{a} {b}\n" for a, b in new)
+    w.write("pairs.txt", text)
+    expect = hloc_io.hloc_pairs(text)
+    ref = w.p("ref.h5")
+    match(store, w.write("fresh.txt", text), ref)
+    lg2 = w.p("log2.txt")
+    r = run(["match", store, pairs, "-o", out, "--json", "--workers", "2"],
+            env={"FST_TEST_MATCH_LOG": lg2})
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["pairs_resumed"] == len(done1 & set(expect)) >= 1, (js, done1)
+    assert js["journal_stale"] == len(done1 - set(expect)) >= 1, (js, done1)
+    assert js["status"] == "ok" and js["pairs_resumed"] >= 1, js
+    assert js["pairs_resumed"] + js["pairs"] == len(expect), js
+    matched = set(log_lines(lg2))
+    assert len(matched) == js["pairs"] == js["pairs_matched"], (matched, js)
+    # the reversed pair is matched again: its matches0 is the other image's
+    assert (rev[1], rev[0]) in matched, matched
+    assert js["pairs_written"] == len(expect), js
+    assert f"{js['journal_stale']} journaled pair" in r.stderr and "discarded" in r.stderr, r.stderr
+    assert pair_keys(out) == {hloc_io.names_to_pair(a, b) for a, b in expect}
+    with open(out, "rb") as x, open(ref, "rb") as y:
+        assert x.read() == y.read(), "not byte-identical to a fresh run of the new list"
+    assert not os.path.exists(out + ".journal")
+
+
+def matches_in(path):
+    n = 0
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            nonlocal n
+            if isinstance(obj, h5py.Group) and "matches0" in obj:
+                n += int((obj["matches0"][()] > -1).sum())
+        f.visititems(visit)
+    return n
+
+
+def case_counts(w):
+    """Issue 10, item 5: every count of the summary (--json and text) against
+    the run it describes."""
+    h5, store, feats, imgs = dataset(w, n_images=6, extra=False)
+    a, b, c, d, e, f = sorted(imgs)
+    text = (f"{a} {b}\n{a} {b}\n{b} {a}\n{a} {c}\n{c} {c}\n{a} nope.jpg\nnope.jpg {b}\n"
+            f"zz.jpg qq.jpg\n{d} {e}\n{e} {d}\n{d} {f}\n")
+    pairs = w.write("pairs.txt", text)
+    expect = hloc_io.hloc_pairs(text)
+    assert len(expect) == 8
+    lines = {"pairs_missing": 3, "names_missing": 3, "pairs_lines": 11, "pairs_unique": 8,
+             "pairs_duplicates": 1, "pairs_reversed": 2, "pairs_self": 1}
+
+    def check(js, **want):
+        for k, v in {**lines, **want}.items():
+            assert js[k] == v, (k, js[k], v, js)
+
+    out = w.p("m.h5")
+    # missing names refused: the counts still say what the run found
+    js, r = match(store, pairs, out, expect=1)
+    check(js, pairs=0, pairs_todo=0, pairs_matched=0, pairs_failed=0, pairs_written=0,
+          pairs_existing=0, pairs_resumed=0, journal_stale=0, matches=0)
+    assert js["status"] == "error" and "3 images named" in js["error"], js
+    # --skip-missing, one pair failing: 5 to match, 4 matched, 1 failed
+    crash = {"FST_TEST_CRASH_PAIR": f"{d} {f}"}
+    js, r = match(store, pairs, out, "--skip-missing", "--workers", "2", expect=1, env=crash)
+    check(js, pairs=4, pairs_todo=5, pairs_matched=4, pairs_failed=1, pairs_written=4,
+          pairs_existing=0, pairs_resumed=0, journal_stale=0, matches=matches_in(out))
+    assert js["status"] == "failed_pairs" and len(js["failures"]) == 1, js
+    assert len(pair_keys(out)) == 4
+    # again, text summary: the failed pair only; 4 already in the output
+    r = run(["match", store, pairs, "-o", out, "--skip-missing", "--json"])
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    check(js, pairs=1, pairs_todo=1, pairs_matched=1, pairs_failed=0, pairs_written=1,
+          pairs_existing=4, pairs_resumed=0, journal_stale=0)
+    assert js["matches"] == hloc_io.get_matches(out, d, f)[0].shape[0], js
+    summary = r.stderr
+    assert (f"1 pair matched, {js['matches']} match" in summary and
+            "(4 already in the output, 3 skipped: unknown images)" in summary), summary
+    assert ("pairs file: 11 lines, 8 unique pairs, 1 duplicate dropped, 2 reversed dropped, "
+            "1 self pair\n" in summary), summary
+    assert "wrote " + out + " (1 pair from the run and journal)" in summary, summary
+    assert len(pair_keys(out)) == 5
+    # an interrupted run, resumed: resumed + matched = the pairs, all written
+    out2 = w.p("m2.h5")
+    js1 = interrupt(store, pairs, out2, w.p("log.txt"), "--skip-missing", "--workers", "1",
+                    n=1, ms=400)
+    assert 1 <= js1["pairs"] < 5, js1
+    r = run(["match", store, pairs, "-o", out2, "--skip-missing", "--json"])
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    check(js, pairs=5 - js1["pairs"], pairs_todo=5 - js1["pairs"],
+          pairs_matched=5 - js1["pairs"], pairs_resumed=js1["pairs"], pairs_failed=0,
+          pairs_written=5, pairs_existing=0, journal_stale=0)
+    assert f"{js1['pairs']} resumed from the journal" in r.stderr, r.stderr
+    assert_same_output(out2, out)
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
