@@ -279,6 +279,157 @@ FST_TEST(pairs_many)
     free(t);
 }
 
+/* ---- shards (match --shard K/N) ---- */
+
+/* Pairs files shaped like hloc's own. covis: a sequence of `n` images,
+ * each paired with its 20 nearest frames along the track (gaps where frames
+ * were dropped) and now and then a loop closure, as pairs_from_covisibility
+ * writes them (every image lists its neighbours, so each pair also comes
+ * reversed). retrieval: `q` queries, each with its top `k` database images
+ * (pairs_from_retrieval, Aachen's 1015 x 50). */
+static char *covis_pairs(int n, size_t *len)
+{
+    size_t cap = (size_t)n * 24 * 40, l = 0;
+    char *t = malloc(cap);
+    if (!t) abort();
+    for (int i = 0; i < n; i++) {
+        int got = 0;
+        for (int d = 1; got < 20 && d < 40; d++)
+            for (int sgn = -1; sgn <= 1 && got < 20; sgn += 2) {
+                int j = i + sgn * d;
+                if (j < 0 || j >= n || (j * 7 + i * 3) % 11 == 0) continue;   /* not covisible */
+                l += (size_t)snprintf(t + l, cap - l, "seq/f%05d.jpg seq/f%05d.jpg\n", i, j);
+                got++;
+            }
+        if (i % 97 == 0 && i > 500)                                         /* loop closure */
+            l += (size_t)snprintf(t + l, cap - l, "seq/f%05d.jpg seq/f%05d.jpg\n", i, i - 400);
+    }
+    *len = l;
+    return t;
+}
+
+static char *retrieval_pairs(int q, int k, size_t *len)
+{
+    size_t cap = (size_t)q * k * 40, l = 0;
+    char *t = malloc(cap);
+    if (!t) abort();
+    for (int i = 0; i < q; i++)
+        for (int j = 0; j < k; j++)
+            l += (size_t)snprintf(t + l, cap - l, "query/q%04d.jpg db/d%05d.jpg\n", i,
+                                  (i * 131 + j * 17) % 4328);
+    *len = l;
+    return t;
+}
+
+/* Check the parts of every N in [2, maxn]: disjoint and complete (part k
+ * is the next run of the list), never splitting a first image's pairs, the
+ * same from a fresh parse, each within `tol` of total / N, and within the
+ * largest group of it whatever tol. */
+static void check_split(const char *text, size_t len, uint32_t maxn, double tol)
+{
+    fst_pairs *p = NULL, *again = NULL;
+    ASSERT_OK(fst_pairs_parse_mem(text, len, "real.txt", &p));
+    size_t total = fst_pairs_count(p), biggest = 0, run = 0;
+    for (size_t i = 0; i < total; i++) {
+        run = i && fst_pairs_get(p, i).i0 == fst_pairs_get(p, i - 1).i0 ? run + 1 : 1;
+        if (run > biggest) biggest = run;
+    }
+    ASSERT_GT(total, (size_t)10000);
+    double worst = 0;
+    for (uint32_t n = 2; n <= maxn; n++) {
+        size_t next = 0;
+        for (uint32_t k = 0; k < n; k++) {
+            size_t lo, hi;
+            ASSERT_OK(fst_pairs_shard_bounds(p, k, n, &lo, &hi));
+            ASSERT_EQ(lo, next);                      /* disjoint, nothing skipped */
+            ASSERT_LE(lo, hi);
+            next = hi;
+            if (lo > 0 && lo < total)                 /* a first image's pairs stay together */
+                ASSERT_NE(fst_pairs_get(p, lo).i0, fst_pairs_get(p, lo - 1).i0);
+            double want = (double)total / n, dev = fabs((double)(hi - lo) - want);
+            ASSERT_LE(dev, (double)biggest + 1);
+            if (dev / want > worst) worst = dev / want;
+            if (tol > 0 && dev > tol * want) {
+                printf("# part %u/%u: %zu pairs, %.1f wanted\n", k, n, hi - lo, want);
+                ASSERT_LE(dev, tol * want);
+            }
+        }
+        ASSERT_EQ(next, total);                       /* complete */
+    }
+    printf("# %zu pairs, largest group %zu: worst part %.1f%% from total / N (N = 2..%u)\n",
+           total, biggest, 100 * worst, maxn);
+    /* deterministic: a new parse, in place, gives the same pairs */
+    for (uint32_t k = 0; k < 7; k++) {
+        size_t lo, hi;
+        ASSERT_OK(fst_pairs_shard_bounds(p, k, 7, &lo, &hi));
+        ASSERT_OK(fst_pairs_parse_mem(text, len, "real.txt", &again));
+        ASSERT_OK(fst_pairs_shard(again, k, 7));
+        ASSERT_EQ(fst_pairs_count(again), hi - lo);
+        for (size_t i = lo; i < hi; i++) {
+            fst_pair a = fst_pairs_get(p, i), b = fst_pairs_get(again, i - lo);
+            ASSERT_STREQ(fst_pairs_name(p, a.i0), fst_pairs_name(again, b.i0));
+            ASSERT_STREQ(fst_pairs_name(p, a.i1), fst_pairs_name(again, b.i1));
+        }
+        ASSERT_EQ(fst_pairs_stats(again)->whole, total);
+        ASSERT_EQ(fst_pairs_stats(again)->list_hash, fst_pairs_stats(p)->list_hash);
+        fst_pairs_free(again);
+        again = NULL;
+    }
+    fst_pairs_free(p);
+}
+
+FST_TEST(pairs_shard_split_of_real_shaped_lists)
+{
+    size_t len;
+    char *t = covis_pairs(2000, &len);
+    check_split(t, len, 64, 0.10);
+    free(t);
+    t = retrieval_pairs(1015, 50, &len);
+    check_split(t, len, 64, 0.10);
+    free(t);
+    /* exhaustive pairs (groups from 299 down to 1): the bound still holds */
+    size_t cap = 300 * 300 * 24, l = 0;
+    t = malloc(cap);
+    ASSERT_TRUE(t);
+    for (int i = 0; i < 300; i++)
+        for (int j = i + 1; j < 300; j++) l += (size_t)snprintf(t + l, cap - l, "i%d i%d\n", i, j);
+    check_split(t, l, 64, 0);
+    free(t);
+}
+
+FST_TEST(pairs_shard_edges)
+{
+    fst_pairs *p = parse("a b\na c\nb c\nd a\n");
+    ASSERT_TRUE(p);
+    size_t lo, hi;
+    ASSERT_STATUS(fst_pairs_shard_bounds(p, 0, 0, &lo, &hi), FST_EINVAL);
+    ASSERT_STATUS(fst_pairs_shard_bounds(p, 3, 3, &lo, &hi), FST_EINVAL);
+    ASSERT_OK(fst_pairs_shard_bounds(p, 0, 1, &lo, &hi));
+    ASSERT_EQ(lo, 0);
+    ASSERT_EQ(hi, 4);
+    /* more parts than groups: some are empty, none splits a group */
+    uint32_t seen = 0;
+    for (uint32_t k = 0; k < 10; k++) {
+        ASSERT_OK(fst_pairs_shard_bounds(p, k, 10, &lo, &hi));
+        seen += (uint32_t)(hi - lo);
+    }
+    ASSERT_EQ(seen, (uint32_t)fst_pairs_count(p));
+    ASSERT_OK(fst_pairs_shard(p, 1, 2));
+    ASSERT_STREQ(pairs_str(p), "b c;d a");
+    ASSERT_EQ(fst_pairs_stats(p)->whole, 4);
+    fst_pairs_free(p);
+    /* the list's hash ignores what does not change the list */
+    fst_pairs *x = parse("a b\n# top 2\nb c\nb a\n"), *y = parse("a b\r\n\nb\tc\n");
+    ASSERT_TRUE(x && y);
+    ASSERT_EQ(fst_pairs_stats(x)->list_hash, fst_pairs_stats(y)->list_hash);
+    ASSERT_NE(fst_pairs_stats(x)->hash, fst_pairs_stats(y)->hash);
+    fst_pairs_free(y);
+    y = parse("a b\nc b\n");
+    ASSERT_NE(fst_pairs_stats(x)->list_hash, fst_pairs_stats(y)->list_hash);
+    fst_pairs_free(x);
+    fst_pairs_free(y);
+}
+
 /* ---- pair keys ---- */
 
 FST_TEST(pair_keys_are_hlocs)
