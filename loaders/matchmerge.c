@@ -264,7 +264,7 @@ static fst_status check_parts(part *ps, size_t np)
                 ps[i].nkeys, ps[i].npairs);
     }
     free(who);
-    if (msg[0]) return fst__fail(FST_EINVAL, "%s; nothing written", msg);
+    if (msg[0]) return fst__fail(FST_EINVAL, "%s", msg);
     return FST_OK;
 }
 
@@ -322,7 +322,7 @@ static fst_status copy_pair(copier *c, hid_t f, const part *p, const char *key)
     fst_journal_rec old;
     s = fst_journal_get(c->j, key, &old);
     if (s == FST_OK)
-        s = fst__fail(FST_EEXIST, "%s: pair %s is in two parts; nothing written", p->path, key);
+        s = fst__fail(FST_EEXIST, "%s: pair %s is in two parts", p->path, key);
     else if (s == FST_ENOTFOUND)
         s = fst_journal_put(c->j, key, &rec);
     free(name0);
@@ -391,11 +391,14 @@ fst_status fst_matchfile_merge(const char *dest, const char *const *paths, size_
     s = fst_matchfile_write(dest, c.j, &mo, n_written);
 out:
     fst_journal_close(c.j);
-    if (jpath) {
-        char detail[1024];
+    if (s) {
+        /* said once, whatever failed: dest is as it was */
+        char detail[2048];
         snprintf(detail, sizeof detail, "%s", fst_errdetail());
+        if (jpath) fst_journal_remove(jpath);
+        fst__fail(s, "%s; nothing written", detail);
+    } else if (jpath) {
         fst_journal_remove(jpath);
-        if (s) fst__fail(s, "%s", detail);
     }
     free(jpath);
     if (c.f16 >= 0) H5Tclose(c.f16);
