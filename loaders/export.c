@@ -183,6 +183,7 @@ out:
 
 typedef struct export_job {
     const char      *store_path, *dest;
+    unsigned         flags;          /* FST_OPEN_NOLOCK as the parent's */
     fst_progress_cb *progress;
     void            *progress_ctx;
 } export_job;
@@ -194,7 +195,7 @@ static fst_status export_child(void *ctx, void *result)
     const export_job *j = ctx;
     fst_store *st = NULL;
     /* checksums on: an export must not pass corruption on silently */
-    fst_status s = fst_store_open(j->store_path, FST_OPEN_CHECKSUMS, &st);
+    fst_status s = fst_store_open(j->store_path, FST_OPEN_CHECKSUMS | j->flags, &st);
     if (s == FST_OK)
         s = export_direct(st, j->dest, j->progress, j->progress_ctx);
     fst_store_close(st);
@@ -209,7 +210,9 @@ fst_status fst_export_h5(fst_store *st, const char *dest,
     /* HDF5 1.10 crashes in its exit handler after a failed H5Fclose (a
      * full disk at close): write in a child process that ends with _exit,
      * so a failed export is a clean error in this one. */
-    export_job j = {fst_store_path(st), dest, progress, progress_ctx};
+    export_job j = {fst_store_path(st), dest,
+                    fst_store_nolock(st) ? FST_OPEN_NOLOCK : 0u, progress,
+                    progress_ctx};
     char what[64 + 4096];
     snprintf(what, sizeof what, "exporting to %s", dest);
     fst_status s = fst__in_child(export_child, &j, NULL, 0, what);

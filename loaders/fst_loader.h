@@ -62,7 +62,10 @@ typedef struct fst_import_stats {
  * damaged. Other datasets in image groups are not kept (counted in stats).
  * Streams: peak memory is two records plus the names, whatever the file
  * size. On any error nothing is visible at `dest` that was not there
- * before. `stats` may be NULL. Not thread-safe (HDF5 is not).
+ * before. Appending, the images the store already holds are compared
+ * before anything is written: one with different content is refused
+ * (FST_EEXIST) with the store file byte-identical, wherever it comes in
+ * the file. `stats` may be NULL. Not thread-safe (HDF5 is not).
  * @return FST_OK; FST_EFORMAT (bad input); FST_EEXIST (conflicting
  *         duplicate, or create over an existing store); FST_EIO (src
  *         missing or unreadable; store errors); FST_EFULL; FST_EINTR

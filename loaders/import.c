@@ -15,6 +15,10 @@
  * the producer in between. Buffers are reused, never freed per image. Peak
  * memory: NSLOT records, one raw D x N buffer and the names, whatever the
  * file size. If no thread can be started the same code runs sequentially.
+ *
+ * Appending, a pass between the two (precheck()) reads and compares the
+ * images the store already holds, so that a conflicting one is refused
+ * before anything is written.
  */
 #include "loader_impl.h"
 
@@ -39,6 +43,8 @@ typedef struct importer {
 
     char                 **names;      /* image names, without leading '/' */
     size_t                 nnames, capnames;
+    size_t                 done0;      /* appending: identical images the
+                                          precheck took off the list */
 
     /* Descriptor dimension and dtype of the first image (or of the store,
      * when appending): every image must agree. */
@@ -453,6 +459,75 @@ static void *producer(void *arg)
     return NULL;
 }
 
+/* The writer refused `img` with status s: NaN/Inf in descriptors the
+ * writer transposed is named as the file holds it; anything else names
+ * the image already: say which file it came from. */
+static fst_status writer_refused(importer *im, const fst_image *img, fst_status s)
+{
+    char where[1200];
+    snprintf(where, sizeof where, "%s: /%s/descriptors", im->src, img->name);
+    fst_status ds = FST_OK;
+    if (s == FST_EINVAL && img->desc_dn)
+        ds = desc_nonfinite(img->desc, img->dtype, img->d, img->n, where);
+    return ds ? ds : fst__failpre(s, "%s: ", im->src);
+}
+
+/* Appending: the images the store already holds are read and compared
+ * before anything is written, so that a conflicting one is refused while
+ * the store is still byte-identical (puts commit batches as they go, and
+ * even an aborted batch grows the file). Identical ones leave the list,
+ * are counted as skipped, and are not read again. */
+static fst_status precheck(importer *im, fst_writer *w, fst_import_stats *st)
+{
+    const fst_import_opts *opts = im->opts;
+    bool *same = calloc(im->nnames ? im->nnames : 1, sizeof *same);
+    if (!same)
+        return fst__fail(FST_ENOMEM, "%s: checking the store", im->src);
+    slot sl;
+    memset(&sl, 0, sizeof sl);
+    fst_status s = FST_OK;
+    size_t nsame = 0;
+    double last = now_s();
+    for (size_t i = 0; i < im->nnames && s == FST_OK; i++) {
+        bool present = false;
+        s = fst_writer_has(w, im->names[i], &present);
+        if (s || !present)
+            continue;
+        s = read_image(im, im->names[i], &sl);
+        if (s == FST_OK && (s = fst_writer_check(w, &sl.img, &present)))
+            s = writer_refused(im, &sl.img, s);
+        if (s == FST_OK && present) {
+            same[i] = true;
+            nsame++;
+        }
+        double t = now_s();
+        if (s == FST_OK && opts->progress && t - last >= 0.2) {
+            last = t;
+            if (opts->progress(nsame, im->nnames, 0, opts->progress_ctx))
+                s = fst__fail(FST_EINTR, "%s: import interrupted", im->src);
+        }
+    }
+    if (s == FST_OK) {
+        size_t keep = 0;
+        for (size_t i = 0; i < im->nnames; i++) {
+            if (same[i])
+                free(im->names[i]);
+            else
+                im->names[keep++] = im->names[i];
+        }
+        im->nnames = keep;
+        im->done0 = nsame;
+        st->images_skipped += nsame;
+        if (keep == 0 && opts->progress)   /* run() has nothing to say */
+            opts->progress(nsame, nsame, 0, opts->progress_ctx);
+    }
+    free(same);
+    free(sl.desc);
+    free(sl.kp);
+    free(sl.sc);
+    return s;
+}
+
 /* Hand every image to the writer, in order, producing them on a thread if
  * one can be started (and fst__import_threads), else inline. */
 static fst_status run(importer *im, fst_writer *w, fst_import_stats *st)
@@ -494,16 +569,7 @@ static fst_status run(importer *im, fst_writer *w, fst_import_stats *st)
         int added = 0;
         s = fst_writer_put(w, &sl->img, &added);
         if (s) {
-            const fst_image *img = &sl->img;
-            char where[1200];
-            snprintf(where, sizeof where, "%s: /%s/descriptors", im->src, img->name);
-            /* NaN/Inf in descriptors the writer transposed: name it as the
-             * file holds it. Anything else: the store names the image; say
-             * which file it came from. */
-            fst_status ds = FST_OK;
-            if (s == FST_EINVAL && img->desc_dn)
-                ds = desc_nonfinite(img->desc, img->dtype, img->d, img->n, where);
-            s = ds ? ds : fst__failpre(s, "%s: ", im->src);
+            s = writer_refused(im, &sl->img, s);
             break;
         }
         uint64_t pb = payload_of(&sl->img);
@@ -524,7 +590,8 @@ static fst_status run(importer *im, fst_writer *w, fst_import_stats *st)
         double t = now_s();
         if (opts->progress && (t - last >= 0.2 || i + 1 == im->nnames)) {
             last = t;
-            if (opts->progress(i + 1, im->nnames, bytes, opts->progress_ctx)) {
+            if (opts->progress(im->done0 + i + 1, im->done0 + im->nnames, bytes,
+                               opts->progress_ctx)) {
                 s = fst__fail(FST_EINTR, "%s: import interrupted after %zu of %zu images",
                               im->src, i + 1, im->nnames);
                 break;
@@ -634,6 +701,8 @@ fst_status fst_import_h5(const char *src, const char *dest,
         s = fst__fail(FST_EINTR, "%s: import interrupted", src);
         goto out;
     }
+    if (opts->append)
+        FST_TRY(precheck(&im, w, &st));
     FST_TRY(run(&im, w, &st));
     st.datasets_ignored = im.ignored;
     memcpy(st.ignored_example, im.ignored_example, sizeof st.ignored_example);

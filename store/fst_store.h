@@ -1,7 +1,11 @@
 /* fst_store.h : reading and writing a featstore store.
  *
  * A store is one LMDB environment in a single file (MDB_NOSUBDIR), plus its
- * lock file `<path>-lock` (readers need write access to it). One record per
+ * lock file `<path>-lock` (its reader table; readers write to it). A reader
+ * that cannot write the lock file (another user's store, a read-only
+ * directory or file system) or asks not to use it (FST_OPEN_NOLOCK, for
+ * network file systems) reads without it, and the store is then immutable
+ * while it is open: appends are refused. One record per
  * image, keyed by the image name as in the source HDF5 file; the record
  * layout is in fst_format.h and store/FORMAT.md. Any number of processes
  * may read a store at once while one writer appends; readers see a
@@ -71,6 +75,7 @@ void fst_store_identity(const fst_store_meta *m, char *buf);
 /* Flags of fst_store_open(). */
 enum {
     FST_OPEN_CHECKSUMS = 1u << 0,   /* fst_reader_get() verifies XXH3 */
+    FST_OPEN_NOLOCK    = 1u << 1,   /* read without the lock file (below) */
 };
 
 /* fst_store_open() :
@@ -79,16 +84,36 @@ enum {
  * of dead processes are cleared at open). Refuses a store whose format
  * major version is newer than this build's, and a store whose import did
  * not complete. O(1): reads the metadata, scans nothing.
- * `flags`: 0 or FST_OPEN_CHECKSUMS.
+ * `flags`: 0, or FST_OPEN_CHECKSUMS and/or FST_OPEN_NOLOCK.
+ * Without the lock file: when FST_OPEN_NOLOCK is given, or the environment
+ * variable FST_NO_LOCK is set (to anything but "" or "0"), or the lock file
+ * `<path>-lock` cannot be opened for writing nor created (EACCES, EPERM,
+ * EROFS: another user's store, a read-only directory or file system),
+ * the store is opened with LMDB's MDB_NOLOCK and no lock file is created
+ * or touched; only read access to `path` is needed. LMDB's reader table
+ * is what stops an append from reusing pages a reader still sees, so such
+ * a handle holds a shared flock(2) on the store file while it is open:
+ * an append started meanwhile is refused (FST_EEXIST, fst_writer_open()),
+ * and this open is refused while an append is in progress. On a file
+ * system without flock the handle reads unguarded; a transaction started
+ * after the store was written to fails (FST_EIO) instead of reading it.
+ * Reading itself is the same either way.
  * *out is owned by the caller: fst_store_close() it. Any thread; a handle
  * may be shared by threads (each with its own reader). Opening the same
  * file again in this process is fine (the handles share one map). A forked
  * child must open its own store; a handle does not survive fork().
- * @return FST_OK; FST_EIO (missing/unreadable, detail names the path);
+ * @return FST_OK; FST_EIO (missing/unreadable, detail names the path, or
+ *         the lock file when that is the file at fault);
  *         FST_EFORMAT (not a featstore store, or incomplete import);
  *         FST_EVERSION (newer major version); FST_EINVAL (bad flags, or
- *         this process is appending to the store); FST_ENOMEM. */
+ *         this process is appending to the store); FST_EEXIST (without
+ *         the lock file: an append is in progress); FST_ENOMEM. */
 fst_status fst_store_open(const char *path, unsigned flags, fst_store **out);
+
+/* fst_store_nolock() : true if `st` reads its store without the lock file
+ * (see fst_store_open()): the store cannot be appended to while it is
+ * open. Any thread. */
+bool fst_store_nolock(const fst_store *st);
 
 /* fst_store_close() : close; every reader of this handle must have ended
  * (a live one is a bug: abort). NULL is fine. */
@@ -201,10 +226,16 @@ typedef enum fst_write_mode {
  * removed. APPEND: open the complete store at `path` for adding; nothing is
  * visible to readers before fst_writer_finish(), and a crash leaves the
  * store as it was for every reader (records of an unfinished append are
- * invisible; the next append, or an abort, deletes them). One writer per
- * store at a time. A writer is used by one thread.
+ * invisible; the next append, or an abort, deletes them). APPEND writes
+ * nothing to the file before the first new record is put (except deleting
+ * a dead append's leftovers), so an append aborted before then leaves it
+ * byte-identical. One writer per store at a time, and none while any
+ * process reads the store without its lock file (fst_store_open()). A
+ * writer is used by one thread. APPEND needs write access to the store
+ * and its lock file (an error names the one refused).
  * @return FST_OK; FST_EEXIST (CREATE over an existing path, or APPEND while
- *         another writer appends); FST_EIO; FST_EFORMAT / FST_EVERSION
+ *         another writer appends or a reader without the lock file has the
+ *         store open); FST_EIO; FST_EFORMAT / FST_EVERSION
  *         (APPEND to a bad store); FST_EINVAL (APPEND to a store this
  *         process has open for reading); FST_ENOMEM. */
 fst_status fst_writer_open(const char *path, fst_write_mode mode,
@@ -226,6 +257,27 @@ fst_status fst_writer_open(const char *path, fst_write_mode mode,
  *         (fst_writer_finish() then fails with FST_EINVAL). */
 fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added);
 
+/* fst_writer_has() :
+ * *present = whether the store (as this writer sees it: this write's own
+ * puts included) holds an image named `name`. Writes nothing; a name that
+ * cannot be a key is simply absent.
+ * @return FST_OK; FST_EIO; FST_EINVAL (an earlier put failed). */
+fst_status fst_writer_has(fst_writer *w, const char *name, bool *present);
+
+/* fst_writer_check() :
+ * Every check fst_writer_put(w, img) makes, without writing anything and
+ * without failing the writer: FST_OK with *present = true if the store
+ * holds an identical image of that name (put would skip it), with
+ * *present = false if it holds none (put would add it, unless it fails
+ * while writing, or a later image sets d first). Errors as put's:
+ * FST_EEXIST (different content, detail names the image and the store),
+ * FST_EINVAL, FST_ECORRUPT, FST_EIO. A put commits batches as it goes
+ * (invisible, but they grow the file), so an importer that wants a
+ * conflicting append refused with the store byte-identical checks the
+ * images already present (fst_writer_has()) before its first put. */
+fst_status fst_writer_check(fst_writer *w, const fst_image *img,
+                            bool *present);
+
 /* Where the data came from, recorded in the meta table at finish. */
 typedef struct fst_source {
     const char *name;     /* source file path as given */
@@ -240,7 +292,12 @@ typedef struct fst_source {
  * directory. Frees w whatever the result.
  * @return FST_OK; FST_EIO; FST_EFULL; FST_EEXIST (CREATE: `path` appeared
  *         meanwhile); FST_EINVAL (an earlier put failed). On error the
- *         store at `path` is as it was before fst_writer_open(). */
+ *         store at `path` is as it was before fst_writer_open(), with one
+ *         exception, said in the detail ("the append is complete for
+ *         readers, but syncing it failed"): APPEND, when LMDB reported its
+ *         last commit failed although its meta page was written (a write
+ *         cut short of bytes holding nothing new); the generation is read
+ *         back to tell, and FST_OK returned if an fsync then succeeds. */
 fst_status fst_writer_finish(fst_writer *w, const fst_source *src);
 
 /* fst_writer_abort() : drop everything written (CREATE: remove the

@@ -5,11 +5,14 @@
 #include "fst_config.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -49,6 +52,15 @@ typedef struct shenv {
     bool        remapping;
     fst_reader *pool;           /* ended readers: txn reset, slot held */
     unsigned    npool;
+    /* Opened without the lock file (MDB_NOLOCK, see lock_usable()): no
+     * reader slots, so nothing would keep an append from reusing pages
+     * this process reads. `flockfd` holds a shared flock(2) on the store
+     * file that refuses appends (they take it exclusive) while the handle
+     * is open; where the file system has no flock, `txnid` (the snapshot
+     * seen at open) catches a change at the next read transaction. */
+    bool        nolock;
+    int         flockfd;
+    size_t      txnid;
     struct shenv *next;
 } shenv;
 
@@ -352,12 +364,15 @@ static void shenv_free(shenv *sh)
     }
     if (sh->env)
         mdb_env_close(sh->env);
+    if (sh->flockfd >= 0)
+        close(sh->flockfd);         /* lets an append in */
     pthread_cond_destroy(&sh->cv);
     pthread_mutex_destroy(&sh->mu);
     free(sh);
 }
 
 const char *fst_store_path(const fst_store *st) { return st->path; }
+bool fst_store_nolock(const fst_store *st) { return st->sh->nolock; }
 unsigned fst__store_stale_cleared(const fst_store *st)
 {
     return st->stale_cleared;
@@ -387,10 +402,101 @@ void fst_store_close(fst_store *st)
     free(st);
 }
 
+static bool nolock_errno(int e)
+{
+    return e == EACCES || e == EPERM || e == EROFS;
+}
+
+fst_status fst__lock_usable(const char *path, bool *usable, int *why)
+{
+    char lock[PATH_MAX];
+    if (snprintf(lock, sizeof lock, "%s-lock", path) >= (int)sizeof lock)
+        return fst__fail(FST_EINVAL, "%s: path too long", path);
+    /* What LMDB will do: open it read-write, creating it if missing. */
+    int fd = open(lock, O_RDWR | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT)
+        fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0664);
+    if (fd >= 0) {
+        close(fd);
+        *usable = true;
+        return FST_OK;
+    }
+    if (nolock_errno(errno)) {
+        *usable = false;
+        if (why)
+            *why = errno;
+        return FST_OK;
+    }
+    return fst__fail(errno == ENOSPC || errno == EDQUOT ? FST_EFULL : FST_EIO,
+                     "%s: %s (the store's lock file)", lock, strerror(errno));
+}
+
+/* FST_NO_LOCK in the environment, set and not "0": every store opens as
+ * with FST_OPEN_NOLOCK (how `--no-lock` reaches match's workers). */
+static bool nolock_asked(unsigned flags)
+{
+    const char *e = getenv("FST_NO_LOCK");
+    return (flags & FST_OPEN_NOLOCK) || (e && *e && strcmp(e, "0") != 0);
+}
+
+/* A store read without its lock file must not change while it is open:
+ * hold a shared flock(2) on the store file for the handle's life. An
+ * append takes it exclusive (writer.c open_append()), so each refuses the
+ * other. A file system without flock (some network ones) is read
+ * unguarded: reader_start() then notices a change after the fact. */
+static fst_status hold_shared(shenv *sh, const char *path,
+                              const struct stat *sb)
+{
+    sh->flockfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (sh->flockfd < 0)
+        return fst__fail(FST_EIO, "%s: %s", path, strerror(errno));
+    struct stat now;
+    if (fstat(sh->flockfd, &now) != 0 || now.st_dev != sb->st_dev ||
+        now.st_ino != sb->st_ino)
+        return fst__fail(FST_EIO, "%s: replaced while being opened; open it "
+                         "again", path);
+    if (flock(sh->flockfd, LOCK_SH | LOCK_NB) == 0)
+        return FST_OK;
+    int e = errno;
+    if (e == EWOULDBLOCK)
+        return fst__fail(FST_EEXIST, "%s: an append to this store is in "
+                         "progress, and a store read without its lock file "
+                         "cannot be read beside one: retry when it has "
+                         "finished", path);
+    if (e == ENOLCK || e == ENOSYS || e == EOPNOTSUPP || e == EINVAL) {
+        close(sh->flockfd);         /* no flock here: read unguarded */
+        sh->flockfd = -1;
+        return FST_OK;
+    }
+    return fst__fail(FST_EIO, "%s: flock: %s", path, strerror(e));
+}
+
+/* mdb_env_open() failed with `rc` on a store opened with its lock file:
+ * LMDB's message ("No locks available", "No space left on device") does
+ * not say which file. If the store opens without the lock file, the lock
+ * file was at fault: name it. */
+static fst_status open_failed(const char *path, int rc)
+{
+    MDB_env *probe = NULL;
+    int prc = mdb_env_create(&probe);
+    if (prc == MDB_SUCCESS)
+        prc = mdb_env_open(probe, path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK,
+                           0664);
+    if (probe)
+        mdb_env_close(probe);
+    if (prc != MDB_SUCCESS)
+        return fst__from_mdb(rc, "%s", path);
+    char lock[PATH_MAX];
+    snprintf(lock, sizeof lock, "%s-lock", path);
+    return fst__from_mdb(rc, "%s (the lock file of %s; a store on a network "
+                         "file system, or shared read-only, opens without it: "
+                         "--no-lock)", lock, path);
+}
+
 /* Open the LMDB environment of `path` and check that it is a complete
  * store this build can read. */
 static fst_status shenv_open(const char *path, const struct stat *sb,
-                             shenv **out, unsigned *dead_out)
+                             unsigned flags, shenv **out, unsigned *dead_out)
 {
     fst_status s;
     MDB_txn *txn = NULL;
@@ -403,19 +509,34 @@ static fst_status shenv_open(const char *path, const struct stat *sb,
     sh->ino = sb->st_ino;
     sh->pid = getpid();
     sh->refs = 1;
+    sh->flockfd = -1;
+    sh->nolock = nolock_asked(flags);
+    if (!sh->nolock) {
+        bool usable;
+        FST_TRY(fst__lock_usable(path, &usable, NULL));
+        sh->nolock = !usable;
+    }
+    if (sh->nolock)
+        FST_TRY(hold_shared(sh, path, sb));
     FST_TRY(fst__from_mdb(mdb_env_create(&sh->env), "%s", path));
     FST_TRY(fst__from_mdb(mdb_env_set_maxreaders(sh->env, FST__MAX_READERS),
                           "%s", path));
     FST_TRY(fst__from_mdb(mdb_env_set_maxdbs(sh->env, FST__MAX_DBS), "%s",
                           path));
     /* Map size 0 before open: LMDB takes the file's. NOTLS: reader slots
-     * belong to transactions, not threads. Never MDB_NOLOCK: the lock table
-     * is what keeps an append from reusing pages a reader still sees. */
-    int rc = mdb_env_open(sh->env, path, MDB_RDONLY | MDB_NOTLS | MDB_NOSUBDIR,
-                          0664);
+     * belong to transactions, not threads. MDB_NOLOCK only where the lock
+     * file cannot be used or when asked, with the flock above standing in
+     * for the lock table (which is what keeps an append from reusing pages
+     * a reader still sees). */
+    int rc = mdb_env_open(sh->env, path, MDB_RDONLY | MDB_NOTLS | MDB_NOSUBDIR |
+                          (sh->nolock ? MDB_NOLOCK : 0), 0664);
     if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH) {
         s = fst__fail(FST_EFORMAT, "%s: not a featstore store (%s)", path,
                       mdb_strerror(rc));
+        goto out;
+    }
+    if (rc && !sh->nolock) {
+        s = open_failed(path, rc);
         goto out;
     }
     FST_TRY(fst__from_mdb(rc, "%s", path));
@@ -462,6 +583,7 @@ static fst_status shenv_open(const char *path, const struct stat *sb,
     }
     FST_TRY(fst__from_mdb(rc, "%s: opening tables", path));
     FST_TRY(fst__meta_read(txn, sh->meta, path, NULL, NULL));
+    sh->txnid = mdb_txn_id(txn);
     /* Commit, not abort: the table handles then outlive the transaction. */
     rc = mdb_txn_commit(txn);
     txn = NULL;
@@ -477,7 +599,8 @@ out:
 
 fst_status fst_store_open(const char *path, unsigned flags, fst_store **out)
 {
-    if (!path || !out || (flags & ~(unsigned)FST_OPEN_CHECKSUMS))
+    if (!path || !out ||
+        (flags & ~(unsigned)(FST_OPEN_CHECKSUMS | FST_OPEN_NOLOCK)))
         return fst__fail(FST_EINVAL, "fst_store_open: bad arguments");
     /* LMDB would create `<path>-lock` before finding that `path` is
      * missing: look first. */
@@ -510,7 +633,7 @@ fst_status fst_store_open(const char *path, unsigned flags, fst_store **out)
             st->sh = e;
         }
     if (!s && !st->sh) {
-        s = shenv_open(path, &sb, &st->sh, &st->stale_cleared);
+        s = shenv_open(path, &sb, flags, &st->sh, &st->stale_cleared);
         if (!s) {
             st->sh->next = reg_envs;
             reg_envs = st->sh;
@@ -609,6 +732,14 @@ static fst_status reader_start(fst_reader *rd)
     if (rc) {
         reader_stop(rd);
         return fst__from_mdb(rc, "%s: starting a read transaction", path);
+    }
+    if (sh->nolock && mdb_txn_id(rd->txn) != sh->txnid) {
+        /* Only where flock(2) could not keep appends out. */
+        reader_stop(rd);
+        return fst__fail(FST_EIO, "%s: the store was written to while open "
+                         "without its lock file (an append on a file system "
+                         "without flock?): what was read meanwhile may be "
+                         "wrong; open it again", path);
     }
     return FST_OK;
 }

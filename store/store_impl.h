@@ -163,6 +163,17 @@ const char *fst__writer_tmp_path(const fst_writer *w);
  * @return FST_OK; FST_EFULL (no space: detail names the file); FST_EIO. */
 fst_status fst__lock_prealloc(const char *file, unsigned maxreaders);
 
+/* fst__lock_usable() :
+ * Whether this process can use the lock file `<path>-lock` of the store
+ * at `path` as LMDB will: *usable = true if it opens read-write or could be
+ * created (it is then created, as LMDB would), false if that is refused
+ * with EACCES, EPERM or EROFS (another user's store, a read-only directory
+ * or file system: fst_store_open() then reads without it; *why, if not
+ * NULL, gets that errno).
+ * @return FST_OK; FST_EFULL; FST_EIO (any other failure, naming the lock
+ *         file); FST_EINVAL (path too long). */
+fst_status fst__lock_usable(const char *path, bool *usable, int *why);
+
 #ifdef __cplusplus
 }
 #endif

@@ -70,6 +70,7 @@ struct fst_writer {
     MDB_env    *env;
     MDB_txn    *txn;
     MDB_dbi     images, meta, pending;
+    bool        has_pending;        /* APPEND: `pending` exists (in txn) */
     bool        failed;
     uint64_t    gen;                /* generation of this write */
     size_t      maxkey;
@@ -478,6 +479,42 @@ out:
     return s;
 }
 
+/* LOCK_EX refused: another append holds it, or readers without the lock
+ * file hold it shared (store.c hold_shared()). Which one only words the
+ * message: a shared lock taken now means no append holds it. */
+static fst_status flock_refused(fst_writer *w)
+{
+    if (errno != EWOULDBLOCK)
+        return fst__fail(FST_EIO, "%s: flock: %s", w->path, strerror(errno));
+    if (flock(w->lockfd, LOCK_SH | LOCK_NB) == 0) {
+        flock(w->lockfd, LOCK_UN);
+        return fst__fail(FST_EEXIST, "%s: the store is being read without "
+                         "its lock file (by another user, from a read-only "
+                         "directory, or with --no-lock), which keeps it "
+                         "unchanged: append when those readers have "
+                         "finished", w->path);
+    }
+    return fst__fail(FST_EEXIST, "%s: another import is writing to this "
+                     "store", w->path);
+}
+
+/* Open the `pending` table in w->txn, creating it if `create` (in the
+ * transaction of the first new record: a store that never had an append
+ * lacks it). w->has_pending says whether it exists. */
+static fst_status open_pending(fst_writer *w, bool create)
+{
+    int rc = mdb_dbi_open(w->txn, FST_DB_PENDING, create ? MDB_CREATE : 0,
+                          &w->pending);
+    if (rc == MDB_NOTFOUND && !create) {
+        w->has_pending = false;
+        return FST_OK;
+    }
+    if (rc)
+        return fst__from_mdb(rc, "%s: pending table", w->path);
+    w->has_pending = true;
+    return FST_OK;
+}
+
 static fst_status open_append(fst_writer *w)
 {
     if (stat(w->path, &w->sb) != 0)
@@ -492,9 +529,16 @@ static fst_status open_append(fst_writer *w)
     if (w->lockfd < 0)
         return fst__fail(FST_EIO, "%s: %s", w->path, strerror(errno));
     if (flock(w->lockfd, LOCK_EX | LOCK_NB) != 0)
-        return fst__fail(errno == EWOULDBLOCK ? FST_EEXIST : FST_EIO,
-                         "%s: another import is writing to this store",
-                         w->path);
+        return flock_refused(w);
+    /* Name the lock file when it is the one refused (LMDB would say only
+     * "Permission denied", as for the store). */
+    bool usable;
+    int why = 0;
+    FST_TRY(fst__lock_usable(w->path, &usable, &why));
+    if (!usable)
+        return fst__fail(FST_EIO, "%s-lock: %s: appending to %s needs write "
+                         "access to its lock file (and to its directory, to "
+                         "create it)", w->path, strerror(why), w->path);
     s = env_open(w, w->path, 0, 0);
     if (s)
         return s;
@@ -510,11 +554,15 @@ static fst_status open_append(fst_writer *w)
     FST_TRY(fst__from_mdb(rc, "%s: opening tables", w->path));
     uint64_t committed;
     FST_TRY(fst__meta_read(w->txn, w->meta, w->path, &w->old, &committed));
-    FST_TRY(fst__from_mdb(mdb_dbi_open(w->txn, FST_DB_PENDING, MDB_CREATE,
-                                       &w->pending), "%s", w->path));
-    bool any;
-    FST_TRY(drop_pending(w, committed, &any));
-    FST_TRY(commit(w, true));       /* table handles, and the cleanup */
+    /* Nothing is written before the first new record (fst_writer_put()): an
+     * append refused before then leaves the file byte-identical. Only
+     * the leftovers of a dead append are deleted now. */
+    FST_TRY(open_pending(w, false));
+    if (w->has_pending) {
+        bool any;
+        FST_TRY(drop_pending(w, committed, &any));
+    }
+    FST_TRY(commit(w, true));       /* table handles, and any cleanup */
     w->gen = committed + 1;
     w->d = w->old.d;
     w->dtype = w->old.dtype;
@@ -789,54 +837,103 @@ out:
     return s;
 }
 
+/* The checks of an image against the store that write nothing: shape,
+ * name length, d and dtype (`adopt`: an image with d > 0 sets them in an
+ * empty store), and, if the name is present, the record there
+ * (*present = true; FST_EEXIST if its content differs). */
+static fst_status check_image(fst_writer *w, const fst_image *img, bool adopt,
+                              bool *present)
+{
+    fst_status s = fst__image_check_shape(img);
+    if (s)
+        return s;
+    char b[FST__NAME_MSG];
+    size_t kl = strlen(img->name);
+    const char *nm = fst__name_for_msg(b, img->name, kl);
+    if (kl > w->maxkey)
+        return fst__fail(FST_EINVAL, "image '%s': name of %zu bytes is longer "
+                         "than the store's key limit of %zu bytes", nm, kl,
+                         w->maxkey);
+    if (img->d != 0) {
+        if (w->d == 0 && adopt) {
+            w->d = img->d;
+            w->dtype = img->dtype;
+        } else if (w->d != 0 && (img->d != w->d || img->dtype != w->dtype)) {
+            return fst__fail(FST_EINVAL, "image '%s': %s x %u descriptors; "
+                             "the store holds %s x %u", nm,
+                             fst_dtype_name(img->dtype), img->d,
+                             fst_dtype_name(w->dtype), w->d);
+        }
+    }
+    MDB_val k = { kl, (void *)img->name }, v;
+    int rc = mdb_get(w->txn, w->images, &k, &v);
+    *present = rc == MDB_SUCCESS;
+    if (rc == MDB_NOTFOUND)
+        return FST_OK;
+    if (rc)
+        return fst__from_mdb(rc, "%s: image '%s'", w->path, nm);
+    fst_view old;
+    if ((s = fst__image_check(img)))    /* NaN/Inf still comes first */
+        return s;
+    s = fst__record_decode(v.mv_data, v.mv_size, k.mv_data, k.mv_size,
+                           FST__DEC_CHECKSUM, &old, NULL);
+    if (s)
+        return fst__failpre(s, "%s: image '%s' (already in the store): ",
+                            w->path, nm);
+    if (!fst__image_same(&old, img))
+        return fst__fail(FST_EEXIST, "image '%s' is already in %s with "
+                         "different content", nm, w->path);
+    return FST_OK;
+}
+
+fst_status fst_writer_has(fst_writer *w, const char *name, bool *present)
+{
+    if (w->failed)
+        return fst__fail(FST_EINVAL, "%s: the writer failed earlier; only "
+                         "abort is left", w->path);
+    size_t kl = strlen(name);
+    *present = false;
+    if (kl == 0 || kl > w->maxkey)
+        return FST_OK;              /* cannot be a key: put says why */
+    MDB_val k = { kl, (void *)name }, v;
+    int rc = mdb_get(w->txn, w->images, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return FST_OK;
+    char b[FST__NAME_MSG];
+    if (rc)
+        return fst__from_mdb(rc, "%s: image '%s'", w->path,
+                             fst__name_for_msg(b, name, kl));
+    *present = true;
+    return FST_OK;
+}
+
+fst_status fst_writer_check(fst_writer *w, const fst_image *img, bool *present)
+{
+    if (w->failed)
+        return fst__fail(FST_EINVAL, "%s: the writer failed earlier; only "
+                         "abort is left", w->path);
+    return check_image(w, img, false, present);
+}
+
 fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added)
 {
     if (w->failed)
         return fst__fail(FST_EINVAL, "%s: the writer failed earlier; only "
                          "abort is left", w->path);
-    fst_status s = fst__image_check_shape(img);
+    bool present;
+    fst_status s = check_image(w, img, true, &present);
     if (s)
         return fail(w, s);
-    char b[FST__NAME_MSG];
-    size_t kl = strlen(img->name);
-    const char *nm = fst__name_for_msg(b, img->name, kl);
-    if (kl > w->maxkey)
-        return fail(w, fst__fail(FST_EINVAL, "image '%s': name of %zu bytes "
-                                 "is longer than the store's key limit of %zu "
-                                 "bytes", nm, kl, w->maxkey));
-    if (img->d != 0) {
-        if (w->d == 0) {
-            w->d = img->d;
-            w->dtype = img->dtype;
-        } else if (img->d != w->d || img->dtype != w->dtype) {
-            return fail(w, fst__fail(FST_EINVAL, "image '%s': %s x %u "
-                                     "descriptors; the store holds %s x %u",
-                                     nm, fst_dtype_name(img->dtype), img->d,
-                                     fst_dtype_name(w->dtype), w->d));
-        }
-    }
-
-    MDB_val k = { kl, (void *)img->name }, v;
-    int rc = mdb_get(w->txn, w->images, &k, &v);
-    if (rc == MDB_SUCCESS) {
-        fst_view old;
-        if ((s = fst__image_check(img)))    /* NaN/Inf still comes first */
-            return fail(w, s);
-        s = fst__record_decode(v.mv_data, v.mv_size, k.mv_data, k.mv_size,
-                               FST__DEC_CHECKSUM, &old, NULL);
-        if (s)
-            return fail(w, fst__failpre(s, "%s: image '%s' (already in the "
-                                        "store): ", w->path, nm));
-        if (!fst__image_same(&old, img))
-            return fail(w, fst__fail(FST_EEXIST, "image '%s' is already in "
-                                     "%s with different content", nm,
-                                     w->path));
+    if (present) {
         if (added)
             *added = 0;
         return FST_OK;
     }
-    if (rc != MDB_NOTFOUND)
-        return fail(w, fst__from_mdb(rc, "%s: image '%s'", w->path, nm));
+    char b[FST__NAME_MSG];
+    size_t kl = strlen(img->name);
+    const char *nm = fst__name_for_msg(b, img->name, kl);
+    MDB_val k = { kl, (void *)img->name }, v;
+    int rc;
 
     size_t size = fst__record_size(img, NULL);
     FST_TRY(ensure_room(w, size));
@@ -863,6 +960,9 @@ fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added)
         if (hi > w->batch_hi)
             w->batch_hi = hi;
     }
+    if (w->mode == FST_WRITE_APPEND && !w->has_pending &&
+        (s = open_pending(w, true)))
+        return fail(w, s);
     if (w->mode == FST_WRITE_APPEND) {
         unsigned char g[8];
         for (int i = 0; i < 8; i++)
@@ -980,12 +1080,58 @@ static fst_status write_meta(fst_writer *w, const fst_source *src)
     PUT(mdb_put(t, m, &idk, &idv, 0));
     PUT(mdb_put(t, m, &hk, &hv, 0));
     free(hist);
-    if (w->mode == FST_WRITE_APPEND)
+    if (w->mode == FST_WRITE_APPEND && w->has_pending)
         PUT(mdb_drop(t, w->pending, 0));
     PUT(fst__meta_put_u64(t, m, FST_META_COMPLETE, 1));
 #undef PUT
     return fst__from_mdb(rc, "%s: writing metadata", w->tmp ? w->tmp
                                                             : w->path);
+}
+
+/* APPEND: LMDB reported the final commit failed (status s), yet its meta
+ * page may be in place all the same: a write of the page's tail cut short
+ * of its last bytes, which hold nothing new (the transaction id's high
+ * bytes), with LMDB's write-back of the old page failing too. Readers then
+ * see the append complete. Say what is true: read the generation from the
+ * file afresh; if it is this append's, make it durable and succeed. */
+static fst_status append_landed(fst_writer *w, fst_status s)
+{
+    char detail[1024];
+    snprintf(detail, sizeof detail, "%s", fst_errdetail());
+    mdb_env_close(w->env);          /* LMDB marked it unusable */
+    w->env = NULL;
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi meta;
+    uint64_t g = 0;
+    /* NOLOCK: our exclusive flock keeps every writer out; this only reads */
+    int rc = mdb_env_create(&env);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_env_set_maxdbs(env, FST__MAX_DBS);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_env_open(env, w->path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK,
+                          0644);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
+    if (rc == MDB_SUCCESS)
+        rc = mdb_dbi_open(txn, FST_DB_META, 0, &meta);
+    if (rc == MDB_SUCCESS)
+        rc = fst__meta_u64(txn, meta, FST_META_GENERATION, &g);
+    if (txn)
+        mdb_txn_abort(txn);
+    if (env)
+        mdb_env_close(env);
+    if (rc != MDB_SUCCESS || g != w->gen)
+        return fst__fail(s, "%s", detail);      /* the store as it was */
+    int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+    int e = fd < 0 ? errno : fsync(fd) != 0 ? errno : 0;
+    if (fd >= 0)
+        close(fd);
+    if (e)
+        return fst__fail(FST_EIO, "%s: the append is complete for readers, "
+                         "but syncing it failed: %s (%s)", w->path,
+                         strerror(e), detail);
+    return FST_OK;
 }
 
 fst_status fst_writer_finish(fst_writer *w, const fst_source *src)
@@ -999,7 +1145,11 @@ fst_status fst_writer_finish(fst_writer *w, const fst_source *src)
     FST_TRY(drain(w));      /* CREATE: every record's direct write ended */
     FST_TRY(ensure_room(w, 4096));
     FST_TRY(write_meta(w, src));
-    FST_TRY(commit(w, false));
+    s = commit(w, false);
+    if (s && w->mode == FST_WRITE_APPEND)
+        s = append_landed(w, s);
+    if (s)
+        goto out;
     if (w->mode == FST_WRITE_APPEND) {
         /* Committed with LMDB's default fsync: the append is durable. */
         writer_free(w);
@@ -1046,9 +1196,12 @@ void fst_writer_abort(fst_writer *w)
         /* Best effort: delete this append's committed batches now. If it
          * fails, or cannot be tried (a failed map growth left LMDB without
          * a map), they stay invisible and the next append deletes them. */
-        bool any;
+        bool any = false;
         if (mdb_txn_begin(w->env, NULL, 0, &w->txn) == MDB_SUCCESS) {
-            if (drop_pending(w, w->gen - 1, &any) == FST_OK && any)
+            /* The table as committed (the aborted transaction may have
+             * created it); none: nothing was committed. */
+            if (open_pending(w, false) == FST_OK && w->has_pending &&
+                drop_pending(w, w->gen - 1, &any) == FST_OK && any)
                 mdb_txn_commit(w->txn);
             else
                 mdb_txn_abort(w->txn);

@@ -2093,6 +2093,272 @@ FST_TEST(abort_leaves_store_as_it_was)
     fst_writer_abort(w);
 }
 
+/* ---- issue 10 items 7 and 8: lock-less readers; refused appends ---- */
+
+/* The whole content of `path` (malloc'd; *size gets its size). */
+static char *slurp(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    ASSERT_TRUE(f != NULL);
+    struct stat sb;
+    ASSERT_TRUE(fstat(fileno(f), &sb) == 0);
+    char *b = malloc((size_t)sb.st_size + 1);
+    ASSERT_TRUE(b != NULL);
+    ASSERT_EQ(fread(b, 1, (size_t)sb.st_size, f), (size_t)sb.st_size);
+    fclose(f);
+    *size = (size_t)sb.st_size;
+    return b;
+}
+
+static void assert_file_is(const char *path, const char *bytes, size_t size)
+{
+    size_t n;
+    char *now = slurp(path, &n);
+    ASSERT_EQ(n, size);
+    bool same = memcmp(now, bytes, size) == 0;
+    free(now);
+    ASSERT_TRUE(same);
+}
+
+/* A refused append leaves the store file byte for byte as it was: the
+ * first append to a store (no `pending` table yet) used to create that
+ * table and commit at open, growing the file by 8 kB. */
+FST_TEST(append_refused_leaves_store_byte_identical)
+{
+    const char *p = tpath("refused.fst");
+    make_store(p, 3, 8, FST_DTYPE_F16);
+    size_t n0;
+    char *b0 = slurp(p, &n0);
+    fst_writer *w;
+    timg bad, fresh, same;
+    int added = -1;
+    std_image(&bad, 2, 8, FST_DTYPE_F16);
+    ((uint16_t *)bad.desc)[0] ^= 1;                  /* img_0002, changed */
+    std_image(&fresh, 10, 8, FST_DTYPE_F16);         /* not in the store */
+    std_image(&same, 1, 8, FST_DTYPE_F16);           /* identical */
+
+    /* the conflict comes first */
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    ASSERT_STATUS(fst_writer_put(w, &bad.img, &added), FST_EEXIST);
+    fst_writer_abort(w);
+    assert_file_is(p, b0, n0);
+
+    /* a new image first, then the conflict (one uncommitted batch) */
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    ASSERT_OK(fst_writer_put(w, &fresh.img, &added));
+    ASSERT_EQ(added, 1);
+    ASSERT_STATUS(fst_writer_put(w, &bad.img, &added), FST_EEXIST);
+    fst_writer_abort(w);
+    assert_file_is(p, b0, n0);
+
+    /* fst_writer_has / fst_writer_check: put's verdict, nothing written,
+     * the writer still usable */
+    bool present = true;
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    ASSERT_OK(fst_writer_has(w, "img_0002", &present));
+    ASSERT_TRUE(present);
+    ASSERT_OK(fst_writer_has(w, "img_0010", &present));
+    ASSERT_TRUE(!present);
+    ASSERT_STATUS(fst_writer_check(w, &bad.img, &present), FST_EEXIST);
+    ASSERT_CONTAINS(fst_errdetail(), "img_0002");
+    ASSERT_CONTAINS(fst_errdetail(), "different content");
+    ASSERT_OK(fst_writer_check(w, &same.img, &present));
+    ASSERT_TRUE(present);
+    ASSERT_OK(fst_writer_check(w, &fresh.img, &present));
+    ASSERT_TRUE(!present);
+    fst_writer_abort(w);
+    assert_file_is(p, b0, n0);
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    ASSERT_STATUS(fst_writer_check(w, &bad.img, &present), FST_EEXIST);
+    ASSERT_OK(fst_writer_put(w, &fresh.img, &added));   /* not failed */
+    ASSERT_EQ(added, 1);
+    ASSERT_OK(fst_writer_has(w, "img_0010", &present)); /* its own put */
+    ASSERT_TRUE(present);
+    ASSERT_OK(fst_writer_finish(w, NULL));
+    fst_store *st;
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    ASSERT_EQ(count_images(st), 4);
+    fst_store_close(st);
+    assert_verify_clean(p, 4);
+
+    /* with a `pending` table now: still byte-identical */
+    free(b0);
+    b0 = slurp(p, &n0);
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    ASSERT_STATUS(fst_writer_put(w, &bad.img, &added), FST_EEXIST);
+    fst_writer_abort(w);
+    assert_file_is(p, b0, n0);
+    free(b0);
+    timg_free(&bad);
+    timg_free(&fresh);
+    timg_free(&same);
+}
+
+/* A store this process cannot write the lock file of (another user's, in
+ * a directory it cannot write): opened without it, read as usual; an
+ * append from here is refused naming the lock file. As `nobody` when the
+ * test runs as root, else with the directory and lock file read-only.
+ * Round 0: no lock file at all (a fresh import leaves none); round 1: the
+ * lock file exists, read-only for this user. */
+FST_TEST(open_without_write_access_to_lock_file)
+{
+    const char *dir = tpath("ro");
+    ASSERT_TRUE(mkdir(dir, 0755) == 0);
+    char p[600], lock[620];
+    snprintf(p, sizeof p, "%s/db.fst", dir);
+    snprintf(lock, sizeof lock, "%s-lock", p);
+    make_store(p, 4, 8, FST_DTYPE_F32);
+    ASSERT_TRUE(!exists(lock));
+    ASSERT_TRUE(chmod(g_dir, 0755) == 0);            /* nobody passes through */
+    bool root = geteuid() == 0;
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) {                            /* a reader made it */
+            fst_store *st;
+            ASSERT_TRUE(chmod(dir, 0755) == 0);
+            ASSERT_OK(fst_store_open(p, 0, &st));
+            ASSERT_TRUE(!fst_store_nolock(st));
+            fst_store_close(st);
+            ASSERT_TRUE(exists(lock));
+            ASSERT_TRUE(chmod(lock, 0644) == 0);
+            if (!root)
+                ASSERT_TRUE(chmod(lock, 0444) == 0);
+        }
+        if (!root)
+            ASSERT_TRUE(chmod(dir, 0555) == 0);
+        pid_t pid = fork();
+        ASSERT_TRUE(pid >= 0);
+        if (pid == 0) {
+            if (root)
+                CHILD_CHECK(setgid(65534) == 0 && setuid(65534) == 0, 10);
+            fst_store *st;
+            fst_reader *rd;
+            fst_view v;
+            CHILD_CHECK(fst_store_open(p, FST_OPEN_CHECKSUMS, &st) == FST_OK, 2);
+            CHILD_CHECK(fst_store_nolock(st), 3);
+            CHILD_CHECK(fst_reader_begin(st, &rd) == FST_OK, 4);
+            unsigned n = 0;
+            while (fst_reader_next(rd, &v) == FST_OK)
+                n++;
+            CHILD_CHECK(n == 4, 5);
+            CHILD_CHECK(fst_reader_get(rd, "img_0003", &v) == FST_OK, 6);
+            fst_reader_end(rd);
+            uint64_t checked = 0, nbad = 1;
+            CHILD_CHECK(fst_store_verify(st, NULL, NULL, &checked, &nbad) ==
+                        FST_OK && checked == 4 && nbad == 0, 7);
+            fst_store_close(st);
+            fst_writer *w;
+            CHILD_CHECK(fst_writer_open(p, FST_WRITE_APPEND, &w) == FST_EIO, 8);
+            CHILD_CHECK(strstr(fst_errdetail(), "db.fst-lock: ") != NULL, 9);
+            _exit(0);
+        }
+        int status = -1;
+        ASSERT_EQ(waitpid(pid, &status, 0), pid);
+        ASSERT_TRUE(WIFEXITED(status));
+        ASSERT_EQ(WEXITSTATUS(status), 0);           /* else: the step */
+        ASSERT_EQ(exists(lock), round == 1);         /* none was created */
+    }
+    ASSERT_TRUE(chmod(dir, 0755) == 0);
+    ASSERT_TRUE(chmod(lock, 0644) == 0);
+}
+
+/* An open forked child reports through its exit status. */
+static int child_status(pid_t pid)
+{
+    int status = -1;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+        return -1;
+    return WEXITSTATUS(status);
+}
+
+/* A lock-less reader and an append exclude each other, in both orders,
+ * while readers with the lock file and appends go on side by side. */
+FST_TEST(nolock_reader_and_append_exclude_each_other)
+{
+    const char *p = tpath("excl.fst");
+    char lock[600];
+    snprintf(lock, sizeof lock, "%s-lock", p);
+    make_store(p, 3, 8, FST_DTYPE_F32);
+    fst_store *st;
+    ASSERT_OK(fst_store_open(p, FST_OPEN_NOLOCK, &st));
+    ASSERT_TRUE(fst_store_nolock(st));
+    ASSERT_TRUE(!exists(lock));                      /* not even created */
+    pid_t pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        fst_writer *w;
+        CHILD_CHECK(fst_writer_open(p, FST_WRITE_APPEND, &w) == FST_EEXIST, 2);
+        CHILD_CHECK(strstr(fst_errdetail(), "without its lock file"), 3);
+        _exit(0);
+    }
+    ASSERT_EQ(child_status(pid), 0);
+    ASSERT_EQ(count_images(st), 3);
+    fst_store_close(st);
+
+    /* an append in progress: a lock-less open is refused, one with the
+     * lock file sees the store as it was */
+    fst_writer *w;
+    timg t;
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    std_image(&t, 5, 8, FST_DTYPE_F32);
+    ASSERT_OK(fst_writer_put(w, &t.img, NULL));
+    timg_free(&t);
+    pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        fst_store *s2;
+        CHILD_CHECK(fst_store_open(p, FST_OPEN_NOLOCK, &s2) == FST_EEXIST, 2);
+        CHILD_CHECK(strstr(fst_errdetail(), "append"), 3);
+        CHILD_CHECK(fst_store_open(p, 0, &s2) == FST_OK, 4);
+        fst_store_meta m;
+        CHILD_CHECK(fst_store_meta_get(s2, &m) == FST_OK && m.n_images == 3, 5);
+        fst_store_close(s2);
+        _exit(0);
+    }
+    ASSERT_EQ(child_status(pid), 0);
+    ASSERT_OK(fst_writer_finish(w, NULL));
+
+    /* finished: lock-less again, and it sees the append */
+    ASSERT_OK(fst_store_open(p, FST_OPEN_NOLOCK, &st));
+    ASSERT_EQ(count_images(st), 4);
+    fst_store_close(st);
+    assert_verify_clean(p, 4);
+
+    /* FST_NO_LOCK in the environment works like the flag; "0" does not */
+    ASSERT_TRUE(setenv("FST_NO_LOCK", "1", 1) == 0);
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    bool nolock = fst_store_nolock(st);
+    fst_store_close(st);
+    ASSERT_TRUE(setenv("FST_NO_LOCK", "0", 1) == 0);
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    bool nolock0 = fst_store_nolock(st);
+    fst_store_close(st);
+    unsetenv("FST_NO_LOCK");
+    ASSERT_TRUE(nolock);
+    ASSERT_TRUE(!nolock0);
+}
+
+/* A lock file that cannot be used for another reason than access: the
+ * error names the lock file, not the store; FST_OPEN_NOLOCK does without
+ * it. */
+FST_TEST(lock_file_errors_name_the_lock_file)
+{
+    const char *p = tpath("lockdir.fst");
+    char lock[600];
+    snprintf(lock, sizeof lock, "%s-lock", p);
+    make_store(p, 2, 8, FST_DTYPE_F32);
+    ASSERT_TRUE(mkdir(lock, 0755) == 0);             /* EISDIR */
+    fst_store *st;
+    ASSERT_STATUS(fst_store_open(p, 0, &st), FST_EIO);
+    ASSERT_CONTAINS(fst_errdetail(), "lockdir.fst-lock: ");
+    fst_writer *w;
+    ASSERT_STATUS(fst_writer_open(p, FST_WRITE_APPEND, &w), FST_EIO);
+    ASSERT_CONTAINS(fst_errdetail(), "lockdir.fst-lock: ");
+    ASSERT_OK(fst_store_open(p, FST_OPEN_NOLOCK, &st));
+    ASSERT_EQ(count_images(st), 2);
+    fst_store_close(st);
+    ASSERT_TRUE(rmdir(lock) == 0);
+}
+
 /* A child that opens the store, optionally begins a reader, tells the
  * parent and waits to be killed. */
 static pid_t spawn_store_child(const char *p, bool with_reader)

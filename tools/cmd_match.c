@@ -53,6 +53,9 @@ static const char usage_text[] =
     "                             `featstore merge`; default inside Slurm: the array\n"
     "                             task or srun task; 'all': every pair\n"
     "  --backend-params K=V,...   extra backend parameters for every worker\n"
+    "  --no-lock                  read the store(s) without the lock file (for\n"
+    "                             network file systems; automatic where it cannot\n"
+    "                             be written): appends are refused meanwhile\n"
     "  --quiet                    no progress or summary (warnings and errors only)\n"
     "  --json                     one JSON summary object on stdout\n"
     "  -h, --help                 this text\n"
@@ -282,6 +285,7 @@ enum {
     OPT_DEVICE = 1000, OPT_WORKERS, OPT_WPD, OPT_THREADS, OPT_PRESET, OPT_MUTUAL,
     OPT_NO_MUTUAL, OPT_RATIO, OPT_DIST, OPT_QUERY, OPT_DTYPE, OPT_SKIP, OPT_OVERWRITE,
     OPT_BATCH, OPT_PARAMS, OPT_QUIET, OPT_JSON, OPT_SHARD,
+    OPT_NO_LOCK = 1100,
 };
 
 /* The shard line of the summary and --json. */
@@ -329,6 +333,7 @@ int fst_cmd_match(int argc, char **argv)
         {"quiet", no_argument, 0, OPT_QUIET},
         {"json", no_argument, 0, OPT_JSON},
         {"shard", required_argument, 0, OPT_SHARD},
+        {"no-lock", no_argument, 0, OPT_NO_LOCK},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -391,6 +396,9 @@ int fst_cmd_match(int argc, char **argv)
         case OPT_QUIET: u.quiet = true; break;
         case OPT_JSON: u.json = true; break;
         case OPT_SHARD: shard = optarg; break;
+        case OPT_NO_LOCK:   /* fst_store_open() reads it, here and in workers */
+            setenv("FST_NO_LOCK", "1", 1);
+            break;
         case 'h':
             fputs(usage_text, stdout);
             return 0;

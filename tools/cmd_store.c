@@ -114,7 +114,7 @@ int fst_cmd_import(int argc, char **argv)
 
 /* ---- export ---- */
 
-static const char export_usage[] = "usage: featstore export STORE OUT.h5 [--quiet]\n";
+static const char export_usage[] = "usage: featstore export STORE OUT.h5 [--no-lock] [--quiet]\n";
 
 static const char export_help[] =
     "Write every image of STORE to OUT.h5 in hloc's features.h5 layout: a group\n"
@@ -123,6 +123,8 @@ static const char export_help[] =
     "imported file had. Refuses an existing OUT.h5; writes a temporary file\n"
     "and renames it when complete.\n"
     "\n"
+    "  --no-lock        read STORE without its lock file (automatic where it\n"
+    "                   cannot be written); appends are refused meanwhile\n"
     "  -q, --quiet      no progress bar, no summary\n"
     "  -h, --help       this text\n";
 
@@ -130,16 +132,19 @@ int fst_cmd_export(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"quiet", no_argument, NULL, 'q'},
+        {"no-lock", no_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "export";
     bool quiet = false;
+    unsigned nolock = 0;
     int c;
     getopt_reset();
     while ((c = getopt_long(argc, argv, ":qh", longopts, NULL)) != -1) {
         switch (c) {
         case 'q': quiet = true; break;
+        case 'L': nolock = FST_OPEN_NOLOCK; break;
         case 'h': fputs(export_usage, stdout); fputs("\n", stdout);
                   fputs(export_help, stdout); return 0;
         default: return fst__cli_getopt_error(cmd, export_usage, c, argv);
@@ -152,7 +157,7 @@ int fst_cmd_export(int argc, char **argv)
 
     fst_store *st = NULL;
     /* Verify checksums: an export must not pass corruption on silently. */
-    fst_status s = fst_store_open(path, FST_OPEN_CHECKSUMS, &st);
+    fst_status s = fst_store_open(path, FST_OPEN_CHECKSUMS | nolock, &st);
     fst_store_meta meta;
     if (s == FST_OK && (s = fst_store_meta_get(st, &meta)) != FST_OK)
         fst_store_close(st);
@@ -178,7 +183,7 @@ int fst_cmd_export(int argc, char **argv)
 
 /* ---- info ---- */
 
-static const char info_usage[] = "usage: featstore info STORE [--json]\n";
+static const char info_usage[] = "usage: featstore info STORE [--json] [--no-lock]\n";
 
 static const char info_help[] =
     "Print a store's metadata (format, descriptor dimension and dtype, images,\n"
@@ -186,6 +191,8 @@ static const char info_help[] =
     "image (min, median, max; computed by reading every record).\n"
     "\n"
     "  --json           one JSON object instead of text\n"
+    "  --no-lock        read STORE without its lock file (automatic where it\n"
+    "                   cannot be written); appends are refused meanwhile\n"
     "  -h, --help       this text\n";
 
 static int cmp_u32(const void *a, const void *b)
@@ -244,16 +251,19 @@ int fst_cmd_info(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"json", no_argument, NULL, 'j'},
+        {"no-lock", no_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "info";
     bool json = false;
+    unsigned nolock = 0;
     int c;
     getopt_reset();
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
         case 'j': json = true; break;
+        case 'L': nolock = FST_OPEN_NOLOCK; break;
         case 'h': fputs(info_usage, stdout); fputs("\n", stdout);
                   fputs(info_help, stdout); return 0;
         default: return fst__cli_getopt_error(cmd, info_usage, c, argv);
@@ -267,11 +277,14 @@ int fst_cmd_info(int argc, char **argv)
     fst_store *st = NULL;
     fst_store_meta m;
     kp_stats ks;
-    fst_status s = fst_store_open(path, 0, &st);
+    bool lockless = false;
+    fst_status s = fst_store_open(path, nolock, &st);
     if (!s)
         s = fst_store_meta_get(st, &m);
     if (!s)
         s = keypoint_stats(st, &ks);
+    if (!s)
+        lockless = fst_store_nolock(st);
     fst_store_close(st);
     if (s)
         return failed(cmd, s);
@@ -305,7 +318,7 @@ int fst_cmd_info(int argc, char **argv)
             printf("null");
         printf(", \"generation\": %" PRIu64 ", \"identity\": ", m.generation);
         fst__json_str(stdout, id);
-        printf("}\n");
+        printf(", \"lock_file\": %s}\n", lockless ? "false" : "true");
         return ferror(stdout) ? 1 : 0;
     }
     char h1[FST__HUMAN_LEN], h2[FST__HUMAN_LEN], h3[FST__HUMAN_LEN], t1[32], t2[32], t3[32];
@@ -333,17 +346,21 @@ int fst_cmd_info(int argc, char **argv)
         printf("id           none (format %u.%u store; matches identify it by its counts "
                "and times; its next append gives it an id), generation %" PRIu64 "\n",
                m.format_major, m.format_minor, m.generation);
+    if (lockless)
+        printf("read         without the lock file: appends are refused while it is open\n");
     return ferror(stdout) ? 1 : 0;
 }
 
 /* ---- verify ---- */
 
-static const char verify_usage[] = "usage: featstore verify STORE [--quiet]\n";
+static const char verify_usage[] = "usage: featstore verify STORE [--no-lock] [--quiet]\n";
 
 static const char verify_help[] =
     "Re-read every record of STORE, re-compute its checksum and check its\n"
     "bounds. Names each bad record on stdout; exits 1 if any is bad.\n"
     "\n"
+    "  --no-lock        read STORE without its lock file (automatic where it\n"
+    "                   cannot be written); appends are refused meanwhile\n"
     "  -q, --quiet      print only the bad records\n"
     "  -h, --help       this text\n";
 
@@ -360,16 +377,19 @@ int fst_cmd_verify(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"quiet", no_argument, NULL, 'q'},
+        {"no-lock", no_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "verify";
     bool quiet = false;
+    unsigned nolock = 0;
     int c;
     getopt_reset();
     while ((c = getopt_long(argc, argv, ":qh", longopts, NULL)) != -1) {
         switch (c) {
         case 'q': quiet = true; break;
+        case 'L': nolock = FST_OPEN_NOLOCK; break;
         case 'h': fputs(verify_usage, stdout); fputs("\n", stdout);
                   fputs(verify_help, stdout); return 0;
         default: return fst__cli_getopt_error(cmd, verify_usage, c, argv);
@@ -382,7 +402,7 @@ int fst_cmd_verify(int argc, char **argv)
 
     fst_store *st = NULL;
     uint64_t checked = 0, bad = 0;
-    fst_status s = fst_store_open(path, 0, &st);
+    fst_status s = fst_store_open(path, nolock, &st);
     if (!s)
         s = fst_store_verify(st, print_bad, NULL, &checked, &bad);
     fst_store_close(st);
