@@ -238,6 +238,13 @@ fst_status fst_matchfile_merge(const char *dest, const char *const *parts,
                                size_t nparts, const fst_matchfile_opts *opts,
                                uint64_t *n_written);
 
+/* fst_matchfile_attr() :
+ * The string attribute `name` of the root group of `path` (a part's
+ * record, e.g. "featstore_shard") into *value (malloc'd, the caller frees),
+ * or *value = NULL if it has none.
+ * @return FST_OK; FST_EIO; FST_EFORMAT (not HDF5, not a string). */
+fst_status fst_matchfile_attr(const char *path, const char *name, char **value);
+
 /* ==== end of matchfile section ==== */
 
 #ifdef __cplusplus

@@ -82,6 +82,27 @@ out:
     return s;
 }
 
+fst_status fst_matchfile_attr(const char *path, const char *name, char **value)
+{
+    fst__h5_quiet q;
+    fst__h5_quiet_begin(&q);
+    hid_t f = H5I_INVALID_HID, root = H5I_INVALID_HID;
+    *value = NULL;
+    fst_status s = fst__h5_open_read(path, &f, NULL, NULL);
+    if (s) goto out;
+    root = H5Gopen2(f, "/", H5P_DEFAULT);
+    if (root < 0) {
+        s = fst__h5_fail(FST_EFORMAT, "%s: cannot open the root group", path);
+        goto out;
+    }
+    s = read_attr(root, path, name, value);
+out:
+    if (root >= 0) H5Gclose(root);
+    if (f >= 0) H5Fclose(f);
+    fst__h5_quiet_end(&q);
+    return s;
+}
+
 static fst_status add_key(const char *key, void *ctx)
 {
     part *p = ctx;

@@ -1756,6 +1756,55 @@ static fst_status part_attrs_make(run *R, part_attrs *pa)
     return FST_OK;
 }
 
+/* Settings texts equal but for their `overwrite=` line. */
+static bool same_settings(const char *a, const char *b)
+{
+    for (;;) {
+        if (!strncmp(a, "overwrite=", 10)) { a += strcspn(a, "\n"); a += *a != 0; continue; }
+        if (!strncmp(b, "overwrite=", 10)) { b += strcspn(b, "\n"); b += *b != 0; continue; }
+        size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+        if (la != lb || memcmp(a, b, la)) return false;
+        if (!a[la] || !b[lb]) return !a[la] && !b[lb];
+        a += la + 1;
+        b += lb + 1;
+    }
+}
+
+/* --shard over an existing output: its pairs are kept only if it is a
+ * part of this very run (same shard, data, list and settings), else the
+ * part would certify pairs it did not compute. */
+static fst_status check_part(run *R)
+{
+    const char *out = R->o->output;
+    part_attrs pa;
+    fst_status s = part_attrs_make(R, &pa);
+    if (s) return s;
+    for (size_t i = 0; pa.kv[i] && !s; i += 2) {
+        const char *name = pa.kv[i];
+        bool params = !strcmp(name, "featstore_params");
+        if (strcmp(name, "featstore_shard") && strcmp(name, "featstore_store") &&
+            strcmp(name, "featstore_query") && strcmp(name, "featstore_pairs") && !params)
+            continue;
+        char *v = NULL;
+        s = fst_matchfile_attr(out, name, &v);
+        if (s) {
+            s = fst__failpre(s, "existing output: ");
+        } else if (!v) {
+            s = fst__fail(FST_EEXIST, "%s exists and is not a part written by `featstore "
+                          "match --shard` (no %s): its pairs cannot go into shard %s; pass "
+                          "--overwrite to replace them, or name another output", out, name,
+                          pa.shard);
+        } else if (params ? !same_settings(v, pa.kv[i + 1]) : strcmp(v, pa.kv[i + 1]) != 0) {
+            s = fst__fail(FST_EEXIST, "%s is a part of another run: its %s is '%.300s', this "
+                          "run's '%.300s'; pass --overwrite to recompute its pairs, or name "
+                          "another output", out, name + 10, v, pa.kv[i + 1]);
+        }
+        free(v);
+    }
+    free(pa.params);
+    return s;
+}
+
 /* What the writer process reports besides its status. */
 typedef struct wresult {
     int32_t  signal;
@@ -1773,8 +1822,9 @@ static fst_status write_output_child(void *ctx, void *result)
     fst_status s = R->j ? fst_journal_open(R->jpath, FST_JOURNAL_RDONLY, &j) : FST_OK;
     if (s == FST_OK) {
         wprog wp = {R, 0};
-        fst_matchfile_opts mo = {.copy_existing = true, .progress = write_progress,
-                                 .progress_ctx = &wp};
+        /* a part holds its shard's pairs only: --overwrite starts it afresh */
+        fst_matchfile_opts mo = {.copy_existing = !(R->o->shard_n && R->o->overwrite),
+                                 .progress = write_progress, .progress_ctx = &wp};
         part_attrs pa;
         if (R->o->shard_n) s = part_attrs_make(R, &pa);
         if (R->o->shard_n && s == FST_OK) mo.attrs = pa.kv;
@@ -1916,6 +1966,7 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     /* 2. what is done: existing output (unless overwrite), journal */
     struct stat osb;
     bool out_exists = stat(o->output, &osb) == 0;
+    if (out_exists && !o->overwrite && o->shard_n) FST_TRY(check_part(R));
     if (out_exists && !o->overwrite) {
         keyset_ctx kc = {&existing};
         s = fst_matchfile_keys(o->output, add_key, &kc);

@@ -194,7 +194,11 @@ typedef struct fst_run_opts {
                                    (featstore_shard...) for `featstore
                                    merge`. Names and keys are still checked
                                    over the whole list, so every part
-                                   refuses what the whole run would. */
+                                   refuses what the whole run would. An
+                                   existing output is kept only if it is a
+                                   part of this same run (else FST_EEXIST);
+                                   with overwrite it is replaced, not
+                                   added to. */
     uint32_t    batch_pairs;    /* most pairs per batch (0: 128) */
     uint32_t    commit_pairs;   /* journal commit every N results (0: 512) */
     uint32_t    commit_ms;      /* ... or every T ms (0: 250) */

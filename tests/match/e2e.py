@@ -1312,6 +1312,33 @@ def case_shard(w):
                                 SLURM_ARRAY_TASK_MAX=7, SLURM_ARRAY_TASK_COUNT=3), expect=1)
     assert "not one evenly spaced range" in r.stderr, r.stderr
     assert not leftovers(w, out), leftovers(w, out)
+    # a part run again: its pairs are kept (a part of this very run) ...
+    part1 = w.p("part1.h5")
+    with open(part1, "rb") as f:
+        before = f.read()
+    r = run_clean_env(["match", store, pairs, "-o", part1, "--json", "--workers", "1",
+                       "--shard", "1/3"], slurm_env())
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["pairs"] == 0 and js["pairs_existing"] == len(parts[1]), js
+    with open(part1, "rb") as f:
+        assert f.read() == before
+    # ... but not over a part of another run or shard, or a plain matches.h5
+    for extra, what in ((["--shard", "1/3", "--ratio-threshold", "0.9"], "its params is"),
+                        (["--shard", "2/3"], "its shard is '1/3', this run's '2/3'")):
+        r = run_clean_env(["match", store, pairs, "-o", part1, "--workers", "1", *extra],
+                          slurm_env(), expect=1)
+        assert "is a part of another run" in r.stderr and what in r.stderr, r.stderr
+        assert "--overwrite" in r.stderr, r.stderr
+    plain = w.p("plain.h5")
+    run_clean_env(["match", store, pairs, "-o", plain, "--quiet", "--workers", "1"], slurm_env())
+    r = run_clean_env(["match", store, pairs, "-o", plain, "--workers", "1", "--shard", "0/3"],
+                      slurm_env(), expect=1)
+    assert "is not a part written by `featstore match --shard`" in r.stderr, r.stderr
+    js = json.loads(run_clean_env(["match", store, pairs, "-o", plain, "--json", "--workers", "1",
+                                   "--shard", "0/3", "--overwrite"], slurm_env()
+                                  ).stdout.strip().splitlines()[-1])
+    assert js["pairs"] == len(parts[0]) and js["pairs_existing"] == 0, js
+    assert pair_keys(plain) == parts[0], "--overwrite: a part holds its shard's pairs only"
     for bad in ["3/3", "1", "a/3", "1/0", "-1/3", "1/3x", "/3", "1/"]:
         r = run_clean_env(["match", store, pairs, "-o", out, "--shard", bad], slurm_env(),
                           expect=2)
