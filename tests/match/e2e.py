@@ -1425,6 +1425,14 @@ def case_merge(w):
     run(["merge", out, p4[0], bad, p4[2], p4[3]])
     with open(out, "rb") as f:
         assert f.read() == ref_bytes
+    # a merge killed with -9 leaves its journal: the next one removes it
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for suffix in (".journal", ".journal-lock"):
+        with open(f"{out}.merge-{dead.pid}{suffix}", "w") as f:
+            f.write("left by a dead merge")
+    run(["merge", out, *p4])
+    assert leftovers(w, out) == [os.path.basename(out)], leftovers(w, out)
     # a part given as the output, a missing part, usage
     refused_out = run(["merge", p4[0], *p4], expect=1)
     assert "is the part" in refused_out.stderr, refused_out.stderr

@@ -80,7 +80,7 @@ class Cluster:
         if os.geteuid() != 0:
             raise Skip("not root: the test starts munged, slurmctld and slurmd")
         for b in ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scancel", "squeue",
-                  "scontrol", "sacct"):
+                  "scontrol", "sinfo"):
             if not shutil.which(b) and not os.path.exists(f"/usr/sbin/{b}"):
                 raise Skip(f"{b} not installed (apt-get install slurmctld slurmd slurm-client "
                            "munge)")
