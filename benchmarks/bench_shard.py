@@ -11,6 +11,10 @@ is shared, so ratios within a repeat are what compare):
             result) / the single run's match_s            target <= 1.05x
   total     sum of the shards' wall_s + the merge's wall / the single
             run's wall_s (pairs, names, workers' start, writing)
+  cpu       CPU seconds (user + system of featstore and its workers,
+            getrusage) of the shards and the merge / the single run's: the
+            work sharding adds, far less sensitive than wall time to other
+            jobs on a shared machine
   merge     pairs/s of `featstore merge` (all parts -> matches.h5) against
             pairs/s of the single run's own writing of matches.h5
             (pairs_written / write_s)
@@ -23,6 +27,7 @@ Every merged file is checked byte for byte against the single run's.
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -31,11 +36,18 @@ import tempfile
 import time
 
 
+last_cpu = 0.0   # CPU seconds of the last run (featstore and the children it reaped)
+
+
 def run(fst, args, env=None):
     e = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     t0 = time.perf_counter()
+    u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run([fst, *args], capture_output=True, text=True, env=e)
     wall = time.perf_counter() - t0
+    u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    global last_cpu
+    last_cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
     if r.returncode != 0:
         sys.exit(f"featstore {' '.join(args)}: exit {r.returncode}: {r.stderr}")
     js = json.loads(r.stdout.strip().splitlines()[-1]) if "--json" in args else {}
@@ -68,7 +80,8 @@ def main():
                     if os.path.exists(p):
                         os.unlink(p)
                 js1, wall1 = run(fst, ["match", store, pairs, "-o", single, *w])
-                parts, m_sum, wall_sum = [], 0.0, 0.0
+                cpu1 = last_cpu
+                parts, m_sum, wall_sum, cpu_sum = [], 0.0, 0.0, 0.0
                 for k in range(n):
                     part = os.path.join(d, f"part-{k}-of-{n}.h5")
                     if os.path.exists(part):
@@ -77,13 +90,16 @@ def main():
                                          f"{k}/{n}", *w])
                     m_sum += js["match_s"]
                     wall_sum += wall
+                    cpu_sum += last_cpu
                     parts.append(part)
                 merged = os.path.join(d, "merged.h5")
                 jm, wall_m = run(fst, ["merge", merged, *parts, "--json", "--quiet"])
+                cpu_sum += last_cpu
                 with open(single, "rb") as f1, open(merged, "rb") as f2:
                     assert f1.read() == f2.read(), "merged file differs from the single run's"
                 r = {"match": m_sum / js1["match_s"],
                      "total": (wall_sum + wall_m) / wall1,
+                     "cpu": cpu_sum / cpu1,
                      "merge_pps": jm["pairs"] / wall_m,
                      "write_pps": js1["pairs_written"] / js1["write_s"],
                      "single_match_s": js1["match_s"], "shards_match_s": m_sum,
@@ -91,6 +107,7 @@ def main():
                      "pairs": js1["pairs"]}
                 res[n].append(r)
                 print(f"repeat {rep} N={n}: match {r['match']:.3f}x total {r['total']:.3f}x "
+                      f"cpu {r['cpu']:.3f}x "
                       f"(single {wall1:.2f} s, shards {wall_sum:.2f} s + merge {wall_m:.2f} s); "
                       f"merge {r['merge_pps']:.0f} pairs/s, single run's write "
                       f"{r['write_pps']:.0f} pairs/s", flush=True)
@@ -99,6 +116,7 @@ def main():
         for n, rs in res.items():
             med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
             print(f"shard N={n}: match {med['match']:.3f}x  total {med['total']:.3f}x  "
+                  f"cpu {med['cpu']:.3f}x  "
                   f"merge {med['merge_pps']:.0f} pairs/s vs write {med['write_pps']:.0f} pairs/s "
                   f"({med['merge_pps'] / med['write_pps']:.2f}x)  "
                   f"[match_s single {med['single_match_s']:.2f} / shards "
