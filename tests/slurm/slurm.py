@@ -400,6 +400,8 @@ def main():
     if not FST:
         print("1..0 # SKIP FEATSTORE not set")
         return 77
+    # meson's timeout sends SIGTERM: stop the daemons on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     c = Cluster()
     try:
         try:
