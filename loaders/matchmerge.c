@@ -363,7 +363,6 @@ static fst_status copy_part(copier *c, const part *p)
         FST_TRY(copy_pair(c, f, p, p->keys[i]));
         if (fst_journal_pending(c->j) >= 4096) FST_TRY(fst_journal_commit(c->j));
     }
-    s = fst_journal_commit(c->j);
 out:
     if (f >= 0) H5Fclose(f);
     return s;
@@ -404,6 +403,7 @@ fst_status fst_matchfile_merge(const char *dest, const char *const *paths, size_
     if (c.f16 < 0) { s = FST_ENOMEM; goto out; }
     FST_TRY(fst_journal_open(jpath, FST_JOURNAL_CREATE, &c.j));
     for (size_t i = 0; i < np; i++) FST_TRY(copy_part(&c, &ps[i]));
+    FST_TRY(fst_journal_commit(c.j));   /* one sync for the small parts together */
     fst_matchfile_opts mo = {.copy_existing = false};
     if (opts) {
         mo.progress = opts->progress;
