@@ -84,7 +84,7 @@ fst_status fst__h5_fail(fst_status s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
-    if (im.err_no == ENOSPC || im.err_no == EDQUOT)
+    if (im.err_no && fst__errno_status(im.err_no) == FST_EFULL)
         return fst__fail(FST_EFULL, "%s: %s (disk full)", head, im.msg);
     if (im.msg[0])
         return fst__fail(s, "%s: %s", head, im.msg);
@@ -173,8 +173,7 @@ fail:
 
 static fst_status from_errno(int e, const char *path, const char *what)
 {
-    fst_status s = (e == ENOSPC || e == EDQUOT) ? FST_EFULL : FST_EIO;
-    return fst__fail(s, "%s: %s%s%s", path, what, what[0] ? ": " : "", strerror(e));
+    return fst__fail_io(e, path, 0, "%s%s%s", path, what[0] ? ": " : "", what);
 }
 
 /* Does another process hold `path` locked the way HDF5 1.10+ does (an

@@ -220,8 +220,7 @@ static fst_status key_part(const char *name, char **buf, size_t *cap)
         *buf = b;
         *cap = n * 2;
     }
-    for (size_t i = 0; i < n; i++)
-        (*buf)[i] = name[i] == '/' ? '-' : name[i];
+    fst__pair_key_part(name, n, *buf);       /* with the terminator */
     return FST_OK;
 }
 
@@ -457,7 +456,7 @@ static fst_status copy_file(const char *from, const char *to)
     int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (out >= 0) fchmod(out, mode);    /* the new file keeps the old one's mode */
     if (out < 0) {
-        s = fst__fail(errno == ENOSPC ? FST_EFULL : FST_EIO, "%s: %s", to, strerror(errno));
+        s = fst__fail_io(errno, to, 0, "%s", to);
         close(in);
         return s;
     }
@@ -478,8 +477,7 @@ static fst_status copy_file(const char *from, const char *to)
             ssize_t w = write(out, buf + off, (size_t)(r - off));
             if (w < 0 && errno == EINTR) continue;
             if (w < 0) {
-                s = fst__fail(errno == ENOSPC ? FST_EFULL : FST_EIO, "%s: %s", to,
-                              strerror(errno));
+                s = fst__fail_io(errno, to, 0, "%s", to);
                 goto out;
             }
             off += w;

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__SSE2__)
 #  include <emmintrin.h>
@@ -146,6 +147,25 @@ static size_t first_bad32(const uint32_t *v, size_t from, size_t n)
             return i;
     return n;
 }
+
+/* Copy and check in one pass: the OR-reduction vectorizes. One template
+ * for both widths: T the element, EXP its exponent bits. */
+#define COPY_NONFINITE(name, T, EXP)                                    \
+bool name(void *restrict dst, const void *restrict src, size_t n)       \
+{                                                                       \
+    unsigned char *d = dst;                                             \
+    const unsigned char *s = src;                                       \
+    unsigned bad = 0;                                                   \
+    for (size_t i = 0; i < n; i++) {                                    \
+        T x;                                                            \
+        memcpy(&x, s + sizeof x * i, sizeof x);                         \
+        memcpy(d + sizeof x * i, &x, sizeof x);                         \
+        bad |= (x & EXP) == EXP;                                        \
+    }                                                                   \
+    return bad != 0;                                                    \
+}
+COPY_NONFINITE(fst__copy_nonfinite16, uint16_t, 0x7c00u)
+COPY_NONFINITE(fst__copy_nonfinite32, uint32_t, 0x7f800000u)
 
 size_t fst__find_nonfinite16(const uint16_t *v, size_t n)
 {

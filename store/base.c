@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -157,8 +158,7 @@ fst_status fst__fsync_path(const char *path, bool dir)
     close(fd);
     if (rc == 0 || (dir && e == EINVAL))
         return FST_OK;
-    return fst__fail(e == ENOSPC ? FST_EFULL : FST_EIO, "%s: fsync: %s", path,
-                     strerror(e));
+    return fst__fail_io(e, path, 0, "%s: fsync", path);
 }
 
 /* The directory part of `path` into dir ("." or "/" where it has none),
@@ -196,6 +196,16 @@ bool fst__disk_full(const char *path, uint64_t need, uint64_t *avail)
     return free_bytes < (need > FST__DISK_SLACK ? need : FST__DISK_SLACK);
 }
 
+fst_status fst__errno_status(int err)
+{
+    switch (err) {
+    case ENOSPC:
+    case EDQUOT: return FST_EFULL;
+    case ENOMEM: return FST_ENOMEM;
+    default:     return FST_EIO;
+    }
+}
+
 fst_status fst__fail_io(int err, const char *path, uint64_t need,
                         const char *fmt, ...)
 {
@@ -207,13 +217,14 @@ fst_status fst__fail_io(int err, const char *path, uint64_t need,
     if (n < 0)
         what[0] = '\0';
     uint64_t avail = 0;
-    if (err == ENOSPC || err == EDQUOT)
+    fst_status s = fst__errno_status(err);
+    if (s == FST_EFULL)
         return fst__fail(FST_EFULL, "%s: %s (disk full)", what, strerror(err));
-    if (err == EIO && fst__disk_full(path, need, &avail))
+    if (err == EIO && path && fst__disk_full(path, need, &avail))
         return fst__fail(FST_EFULL, "%s: disk full (%s; %llu kB left on "
                          "its file system)", what, strerror(err),
                          (unsigned long long)(avail >> 10));
-    return fst__fail(FST_EIO, "%s: %s", what, strerror(err));
+    return fst__fail(s, "%s: %s", what, strerror(err));
 }
 
 void *fst__file_map(int fd, size_t size, const void *inside)
@@ -288,6 +299,15 @@ void fst__remove_stale(const char *path, const char *infix,
 fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
                          void *result, size_t result_len, const char *what)
 {
+    return fst__in_child_watched(fn, ctx, result, result_len, what, NULL, NULL);
+}
+
+fst_status fst__in_child_watched(fst_status (*fn)(void *ctx, void *result),
+                                 void *ctx, void *result, size_t result_len,
+                                 const char *what,
+                                 bool (*watch)(void *wctx, pid_t pid),
+                                 void *wctx)
+{
     struct { int32_t status; char detail[sizeof detail]; } res;
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) != 0)
@@ -322,6 +342,18 @@ fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
         _exit(sent ? 0 : 3);
     }
     close(pfd[1]);
+    /* Until the child reports (or its end of the pipe closes), ask the
+     * watcher a few times a second whether to give up on it. */
+    for (bool killed = false; watch;) {
+        struct pollfd pf = { pfd[0], POLLIN, 0 };
+        int pr = poll(&pf, 1, 200);
+        if (pr > 0 || (pr < 0 && errno != EINTR))
+            break;
+        if (!killed && watch(wctx, pid)) {
+            kill(pid, SIGKILL);
+            killed = true;
+        }
+    }
     ssize_t n, m = 0;
     while ((n = read(pfd[0], &res, sizeof res)) < 0 && errno == EINTR) {}
     /* the payload goes to a scratch copy first: `result` stays untouched
@@ -356,4 +388,10 @@ fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
     if (res.status != FST_OK)
         return fst__fail((fst_status)res.status, "%s", res.detail);
     return FST_OK;
+}
+
+void fst__pair_key_part(const char *name, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = name[i] == '/' ? '-' : name[i];
 }

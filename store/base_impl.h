@@ -4,6 +4,8 @@
 
 #include "fst_base.h"
 
+#include <sys/types.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -37,7 +39,8 @@ _Noreturn void fst__assert_fail(const char *what, const char *file, int line);
 /* fst__fsync_path() :
  * fsync the file (dir false) or directory (dir true) at `path`. A directory
  * whose filesystem refuses fsync (EINVAL) is no failure.
- * @return FST_OK; FST_EFULL (ENOSPC); FST_EIO. The detail names `path`. */
+ * @return FST_OK; FST_EFULL (ENOSPC, EDQUOT, or EIO on a full disk: see
+ *         fst__fail_io()); FST_EIO. The detail names `path`. */
 fst_status fst__fsync_path(const char *path, bool dir);
 
 /* fst__fsync_parent() :
@@ -71,6 +74,13 @@ void fst__remove_stale(const char *path, const char *infix,
  * reports a short write (what a full disk gives) as EIO. */
 bool fst__disk_full(const char *path, uint64_t need, uint64_t *avail);
 
+/* fst__errno_status() :
+ * featstore's status for a system call's errno `err`: FST_EFULL for
+ * ENOSPC and EDQUOT (no space, or the user's quota), FST_ENOMEM for ENOMEM,
+ * FST_EIO for anything else. The one place errno becomes a status:
+ * fst__fail_io() and the LMDB translation (fst__from_mdb()) use it. */
+fst_status fst__errno_status(int err);
+
 /* fst__fail_io() :
  * Record the failure of a write to `path` with system error `err` (an
  * errno, or LMDB's EIO for a short write) after a printf-formatted context
@@ -78,7 +88,8 @@ bool fst__disk_full(const char *path, uint64_t need, uint64_t *avail);
  * <strerror> (disk full)" for ENOSPC and EDQUOT, and for EIO when
  * fst__disk_full(path, need) says the file system is full ("<context>:
  * disk full (Input/output error; N kB left on its file system)"); FST_EIO
- * "<context>: <strerror(err)>" otherwise. */
+ * "<context>: <strerror(err)>" otherwise (FST_ENOMEM for ENOMEM). `path`
+ * may be NULL: then EIO is not probed. Every writer of files uses it. */
 fst_status fst__fail_io(int err, const char *path, uint64_t need,
                         const char *fmt, ...) FST_PRINTF(4, 5);
 
@@ -107,6 +118,26 @@ void *fst__file_map(int fd, size_t size, const void *inside);
 fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
                          void *result, size_t result_len, const char *what);
 
+/* fst__in_child_watched() :
+ * fst__in_child(), and while the child works the parent calls
+ * watch(wctx, pid) about every 200 ms (watch may be NULL: fst__in_child());
+ * when it returns true the child is killed with SIGKILL and the call
+ * returns as for a child that died of a signal (FST_ECHILD). The watcher
+ * decides on deadlines (a stalled child, a stop request not obeyed). */
+fst_status fst__in_child_watched(fst_status (*fn)(void *ctx, void *result),
+                                 void *ctx, void *result, size_t result_len,
+                                 const char *what,
+                                 bool (*watch)(void *wctx, pid_t pid),
+                                 void *wctx);
+
+/* fst__pair_key_part() :
+ * hloc's part of a pair key for an image name (names_to_pair():
+ * name.replace('/', '-')): the n bytes of name into out[0..n), each '/'
+ * as '-'; no terminator is added. out may be name (in place). The one
+ * place this rule is written: workers' fst_pair_key() and the matches.h5
+ * writer both use it. */
+void fst__pair_key_part(const char *name, size_t n, char *out);
+
 /* ---- arrays (arrays.c) ---- */
 
 /* fst__find_nonfinite16() / fst__find_nonfinite32() :
@@ -114,6 +145,16 @@ fst_status fst__in_child(fst_status (*fn)(void *ctx, void *result), void *ctx,
  * or n if there is none. Vectorised; no alignment needed. */
 size_t fst__find_nonfinite16(const uint16_t *v, size_t n);
 size_t fst__find_nonfinite32(const void *v, size_t n);
+
+/* fst__copy_nonfinite16() / fst__copy_nonfinite32() :
+ * Copy n float16 (bits) / float32 values from src to dst and say whether
+ * any is NaN or Inf, in one pass (the record encoder's copy and check of
+ * its input in one read). No alignment needed; src and dst must not
+ * overlap. */
+bool fst__copy_nonfinite16(void *restrict dst, const void *restrict src,
+                           size_t n);
+bool fst__copy_nonfinite32(void *restrict dst, const void *restrict src,
+                           size_t n);
 
 /* fst__transpose16() / fst__transpose32() :
  * dst (cols x rows) = transpose of src (rows x cols), both row-major,

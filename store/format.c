@@ -117,40 +117,13 @@ size_t fst__record_size(const fst_image *img, uint64_t *payload_len)
     return (size_t)L.value_len;
 }
 
-/* Copy count 4-byte (f32) or 2-byte (f16) elements from src to dst and say
- * whether any is NaN or Inf, in one pass: the OR-reduction vectorizes, and
- * the writer's check of its input costs no extra read. */
-static bool copy_check_f32(unsigned char *restrict dst,
-                           const unsigned char *restrict src, size_t count)
-{
-    uint32_t bad = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint32_t b;
-        memcpy(&b, src + 4 * i, 4);
-        memcpy(dst + 4 * i, &b, 4);
-        bad |= (b & 0x7f800000u) == 0x7f800000u;
-    }
-    return bad != 0;
-}
-
-static bool copy_check_f16(unsigned char *restrict dst,
-                           const unsigned char *restrict src, size_t count)
-{
-    unsigned bad = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint16_t h;
-        memcpy(&h, src + 2 * i, 2);
-        memcpy(dst + 2 * i, &h, 2);
-        bad |= (h & 0x7c00u) == 0x7c00u;
-    }
-    return bad != 0;
-}
-
 /* The record is written front to back once: each block is copied (and,
- * when checking, scanned for non-finite values) in CHUNK-byte pieces, and
- * each piece is hashed while it is still in L1. Padding is zeroed where it
- * lies, never the whole value first: the destination is LMDB's page (with
- * MDB_WRITEMAP a page-cache page), and every extra pass over it costs. */
+ * when checking, scanned for non-finite values in the same pass:
+ * fst__copy_nonfinite32(); the writer's check of its input costs no extra
+ * read) in CHUNK-byte pieces, and each piece is hashed while it is still
+ * in L1. Padding is zeroed where it lies, never the whole value first: the
+ * destination is LMDB's page (with MDB_WRITEMAP a page-cache page), and
+ * every extra pass over it costs. */
 #define CHUNK (16u << 10)
 
 typedef struct emitter {
@@ -189,9 +162,9 @@ static void emit_copy(emitter *e, const void *src, uint64_t len, unsigned elem)
         if (!e->check || elem == 1)
             memcpy(d, s, n);
         else if (elem == 4)
-            e->bad |= copy_check_f32(d, s, n / 4);
+            e->bad |= fst__copy_nonfinite32(d, s, n / 4);
         else
-            e->bad |= copy_check_f16(d, s, n / 2);
+            e->bad |= fst__copy_nonfinite16(d, s, n / 2);
         e->at += n;
         s += n;
         len -= n;
@@ -472,46 +445,6 @@ fst_status fst__record_decode(const void *val, size_t len, const void *key,
     return FST_OK;
 }
 
-/* Index of the first non-finite binary32 in a[0..count), or count. The
- * first pass only ORs a flag so that it vectorizes: clean data, the common
- * case, costs one streaming read. */
-static size_t first_bad_f32(const float *a, size_t count)
-{
-    const unsigned char *p = (const unsigned char *)a;
-    uint32_t bad = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint32_t b;
-        memcpy(&b, p + 4 * i, 4);
-        bad |= (b & 0x7f800000u) == 0x7f800000u;
-    }
-    if (!bad)
-        return count;
-    for (size_t i = 0; i < count; i++)
-        if (!isfinite(a[i]))
-            return i;
-    return count;
-}
-
-static size_t first_bad_f16(const uint16_t *a, size_t count)
-{
-    const unsigned char *p = (const unsigned char *)a;
-    unsigned bad = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * i, 2);
-        bad |= (h & 0x7c00u) == 0x7c00u;
-    }
-    if (!bad)
-        return count;
-    for (size_t i = 0; i < count; i++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * i, 2);
-        if ((h & 0x7c00u) == 0x7c00u)
-            return i;
-    }
-    return count;
-}
-
 static const char *nan_or_inf(double x) { return isnan(x) ? "NaN" : "Inf"; }
 
 fst_status fst__image_check_shape(const fst_image *img)
@@ -548,21 +481,21 @@ fst_status fst__image_check(const fst_image *img)
     char b[FST__NAME_MSG];
     const char *nm = fst__name_for_msg(b, img->name, strlen(img->name));
     size_t n = img->n, i;
-    if ((i = first_bad_f32(img->keypoints, n * 2)) < n * 2)
+    if ((i = fst__find_nonfinite32(img->keypoints, n * 2)) < n * 2)
         return fst__fail(FST_EINVAL, "image '%s': keypoints[%zu][%zu] is %s",
                          nm, i / 2, i % 2, nan_or_inf(img->keypoints[i]));
-    if (img->scores && (i = first_bad_f32(img->scores, n)) < n)
+    if (img->scores && (i = fst__find_nonfinite32(img->scores, n)) < n)
         return fst__fail(FST_EINVAL, "image '%s': scores[%zu] is %s", nm, i,
                          nan_or_inf(img->scores[i]));
     size_t nd = n * img->d;
     double x = 0;
     if (img->dtype == FST_DTYPE_F32) {
         const float *dd = img->desc;
-        if ((i = first_bad_f32(dd, nd)) < nd)
+        if ((i = fst__find_nonfinite32(dd, nd)) < nd)
             x = dd[i];
     } else {
         const uint16_t *dh = img->desc;
-        if ((i = first_bad_f16(dh, nd)) < nd)
+        if ((i = fst__find_nonfinite16(dh, nd)) < nd)
             x = fst_f16_to_f32(dh[i]);
     }
     if (i < nd) {

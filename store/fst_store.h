@@ -161,6 +161,15 @@ fst_status fst_reader_begin(fst_store *st, fst_reader **out);
  *         FST_EVERSION (a record of a newer major format). */
 fst_status fst_reader_get(fst_reader *rd, const char *name, fst_view *out);
 
+/* fst_reader_get_verified() :
+ * fst_reader_get() that always re-computes the record's XXH3 checksum,
+ * whatever the store's open flags: for a caller that verifies each image
+ * once (a match worker, the first time it reads an image) rather than on
+ * every read. Same view lifetime and threads as fst_reader_get().
+ * @return FST_OK; FST_ENOTFOUND; FST_ECORRUPT (checksum or bounds; the
+ *         detail names store and image); FST_EVERSION. */
+fst_status fst_reader_get_verified(fst_reader *rd, const char *name, fst_view *out);
+
 /* fst_reader_next() :
  * Iterate every image in key order (bytes, as memcmp): the first call gives
  * the first image, each later call the next. Same view lifetime and checks

@@ -34,13 +34,12 @@
  * (a minor fault). So it is safe even where a pointer into the map is
  * still held: it reads the same bytes afterwards.
  */
+#define FST_STORE_LMDB
 #include "fst_journal.h"
-#include "base_impl.h"
-#include "store_impl.h"  /* fst__lock_prealloc */
+#include "store_impl.h"  /* lmdb.h, fst__from_mdb(), fst__lock_prealloc() */
 
 #include <errno.h>
 #include <fcntl.h>
-#include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,19 +83,18 @@ struct fst_journal {
 #define LOG_HDR 9u
 #define LOG_DEL 2u     /* a logged delete from the pairs table (0 meta, 1 pairs: puts) */
 
-static fst_status from_mdb(int rc, const char *path, const char *what)
+/* The journal's words for what is not a journal and what is missing;
+ * every other code is translated as the store's are (fst__from_mdb()). */
+fst_status fst__journal_from_mdb(int rc, const char *path, const char *what)
 {
     if (rc == MDB_SUCCESS)  return FST_OK;
     if (rc == MDB_NOTFOUND) return fst__fail(FST_ENOTFOUND, "%s: %s: not found", path, what);
-    if (rc == MDB_MAP_FULL || rc == ENOSPC)
-        return fst__fail(FST_EFULL, "%s: %s: %s", path, what, mdb_strerror(rc));
     if (rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_INCOMPATIBLE)
         return fst__fail(FST_EFORMAT, "%s: not a featstore journal (%s)", path,
                          mdb_strerror(rc));
-    if (rc == ENOMEM) return fst__fail(FST_ENOMEM, "%s: %s", path, what);
     if (rc == EIO)    /* LMDB's word for a short write: a full disk? */
         return fst__fail_io(rc, path, 0, "%s: %s", path, what);
-    return fst__fail(FST_EIO, "%s: %s: %s", path, what, mdb_strerror(rc));
+    return fst__from_mdb(rc, "%s: %s", path, what);
 }
 
 /* Unmap the map's pages from this process (see the top of this file):
@@ -202,7 +200,7 @@ static fst_status failed(const fst_journal *j, int rc, const char *what)
 {
     if (j->broken)
         return usable(j);
-    return from_mdb(rc, j->path, what);
+    return fst__journal_from_mdb(rc, j->path, what);
 }
 
 /* A stored key: the caller's key, or "#h:" + XXH3-128 hex when too long
@@ -260,7 +258,7 @@ static fst_status write_txn(fst_journal *j)
     j->loglen = 0;
     int rc = mdb_txn_begin(j->env, NULL, 0, &j->wtxn);
     if (rc) j->wtxn = NULL;
-    return from_mdb(rc, j->path, "starting a write transaction");
+    return fst__journal_from_mdb(rc, j->path, "starting a write transaction");
 }
 
 static void drop_wtxn(fst_journal *j)
@@ -372,13 +370,13 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
         return fst__fail(FST_ENOMEM, "opening %s", path);
     }
     j->rdonly = flags & FST_JOURNAL_RDONLY;
-    FST_TRY(from_mdb(mdb_env_create(&j->env), path, "creating the environment"));
-    FST_TRY(from_mdb(mdb_env_set_maxdbs(j->env, 4), path, "mdb_env_set_maxdbs"));
+    FST_TRY(fst__journal_from_mdb(mdb_env_create(&j->env), path, "creating the environment"));
+    FST_TRY(fst__journal_from_mdb(mdb_env_set_maxdbs(j->env, 4), path, "mdb_env_set_maxdbs"));
     /* All of an existing file (LMDB would round a smaller map up to the
      * pages in use anyway), and for a writer half as much again for the
      * batches to come, so that a resumed run does not grow at once. */
     uint64_t fsize = existed ? (uint64_t)sb.st_size : 0;
-    FST_TRY(from_mdb(mdb_env_set_mapsize(j->env, map_for(fsize, j->rdonly ? 0 : fsize / 2)),
+    FST_TRY(fst__journal_from_mdb(mdb_env_set_mapsize(j->env, map_for(fsize, j->rdonly ? 0 : fsize / 2)),
                      path, "mdb_env_set_mapsize"));
     unsigned envflags = MDB_NOSUBDIR | MDB_NOTLS | (j->rdonly ? MDB_RDONLY : 0);
     if (!j->rdonly) {
@@ -391,7 +389,7 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
         s = fst__fail(FST_EIO, "%s: %s", path, strerror(rc));
         goto out;
     }
-    FST_TRY(from_mdb(rc, path, "opening"));
+    FST_TRY(fst__journal_from_mdb(rc, path, "opening"));
     j->maxkey = mdb_env_get_maxkeysize(j->env);
     map_changed(j);
 
@@ -412,7 +410,7 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
 
     /* Tables, and the format mark that tells a journal from any LMDB file. */
     MDB_txn *txn = NULL;
-    FST_TRY(from_mdb(j->rdonly ? begin_read(j, &txn, false)
+    FST_TRY(fst__journal_from_mdb(j->rdonly ? begin_read(j, &txn, false)
                                : mdb_txn_begin(j->env, NULL, 0, &txn),
                      path, "starting a transaction"));
     unsigned dbflags = j->rdonly ? 0 : MDB_CREATE;
@@ -425,7 +423,7 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
     }
     if (rc) {
         mdb_txn_abort(txn);
-        FST_TRY(from_mdb(rc, path, "opening tables"));
+        FST_TRY(fst__journal_from_mdb(rc, path, "opening tables"));
     }
     MDB_val k = {strlen("format"), "format"}, v;
     rc = mdb_get(txn, j->meta, &k, &v);
@@ -436,7 +434,7 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
         if (!rc) rc = mdb_txn_commit(txn);
         else     mdb_txn_abort(txn);
         txn = NULL;
-        FST_TRY(from_mdb(rc, path, "writing the format mark"));
+        FST_TRY(fst__journal_from_mdb(rc, path, "writing the format mark"));
         if (!existed) FST_TRY(fst__fsync_parent(path));
     } else if (rc == MDB_SUCCESS) {
         bool ok = v.mv_size == strlen(JOURNAL_FORMAT) &&
@@ -445,7 +443,7 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
          * closed with it. */
         rc = mdb_txn_commit(txn);
         txn = NULL;
-        FST_TRY(from_mdb(rc, path, "opening tables"));
+        FST_TRY(fst__journal_from_mdb(rc, path, "opening tables"));
         if (!ok) {
             s = fst__fail(FST_EFORMAT, "%s: not a featstore journal of this "
                           "version", path);
@@ -455,7 +453,7 @@ fst_status fst_journal_open(const char *path, unsigned flags, fst_journal **out)
         mdb_txn_abort(txn);
         s = rc == MDB_NOTFOUND
             ? fst__fail(FST_EFORMAT, "%s: not a featstore journal", path)
-            : from_mdb(rc, path, "reading the format mark");
+            : fst__journal_from_mdb(rc, path, "reading the format mark");
         goto out;
     }
     j->tables = true;
@@ -506,7 +504,7 @@ fst_status fst_journal_meta_get(fst_journal *j, const char *key, char **val)
     if (rc == MDB_NOTFOUND) {
         s = fst__fail(FST_ENOTFOUND, "%s: no meta entry '%s'", j->path, key);
     } else if (rc) {
-        s = from_mdb(rc, j->path, "reading meta");
+        s = fst__journal_from_mdb(rc, j->path, "reading meta");
     } else {
         char *r = malloc(v.mv_size + 1);
         if (!r) {
@@ -695,7 +693,7 @@ fst_status fst_journal_get(fst_journal *j, const char *key, fst_journal_rec *out
         goto out;
     }
     if (rc) {
-        s = from_mdb(rc, j->path, "reading");
+        s = fst__journal_from_mdb(rc, j->path, "reading");
         goto out;
     }
     fst_journal_rec r;
@@ -717,7 +715,7 @@ fst_status fst_journal_count(fst_journal *j, uint64_t *n)
     int rc0 = begin_read(j, &txn, false);
     FST_TRY(failed(j, rc0, "starting a read transaction"));
     MDB_stat st;
-    FST_TRY(from_mdb(mdb_stat(txn, j->pairs, &st), j->path, "mdb_stat"));
+    FST_TRY(fst__journal_from_mdb(mdb_stat(txn, j->pairs, &st), j->path, "mdb_stat"));
     *n = st.ms_entries;
 out:
     if (txn) mdb_txn_abort(txn);
@@ -736,7 +734,7 @@ fst_status fst_journal_foreach(fst_journal *j, unsigned flags, fst_journal_cb *c
     FST_TRY(usable(j));
     int rc0 = begin_read(j, &txn, false);
     FST_TRY(failed(j, rc0, "starting a read transaction"));
-    FST_TRY(from_mdb(mdb_cursor_open(txn, j->pairs, &cur), j->path, "opening a cursor"));
+    FST_TRY(fst__journal_from_mdb(mdb_cursor_open(txn, j->pairs, &cur), j->path, "opening a cursor"));
     kbuf = malloc((size_t)j->maxkey + 1);
     if (!kbuf) {
         s = fst__fail(FST_ENOMEM, "%s: walking", j->path);
@@ -757,7 +755,7 @@ fst_status fst_journal_foreach(fst_journal *j, unsigned flags, fst_journal_cb *c
         }
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
-    s = rc == MDB_NOTFOUND ? FST_OK : from_mdb(rc, j->path, "walking");
+    s = rc == MDB_NOTFOUND ? FST_OK : fst__journal_from_mdb(rc, j->path, "walking");
 out:
     free(kbuf);
     if (cur) mdb_cursor_close(cur);

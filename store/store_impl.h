@@ -3,7 +3,9 @@
  * The first part names no LMDB type and may be used by tests and loaders/
  * (record codec, checks, test hooks). The second part, compiled only when a
  * store/ source defines FST_STORE_LMDB before including this header, holds
- * what store.c and writer.c share about LMDB; lmdb.h appears nowhere else.
+ * what the store/ files that use LMDB share (env.c, store.c, meta.c,
+ * verify.c, writer.c, journal.c): this header is the one place that
+ * includes lmdb.h.
  */
 #ifndef FST_STORE_IMPL_H
 #define FST_STORE_IMPL_H
@@ -154,7 +156,7 @@ extern int fst__direct_fail_errno;
  * in APPEND mode. Owned by w. */
 const char *fst__writer_tmp_path(const fst_writer *w);
 
-/* fst__lock_prealloc() :
+/* fst__lock_prealloc() : (env.c)
  * Create `<file>-lock` if it is absent and allocate its blocks for at
  * least `maxreaders` reader slots, before mdb_env_open() maps it. LMDB
  * writes its reader table through a shared mapping: on a full disk a store
@@ -163,7 +165,7 @@ const char *fst__writer_tmp_path(const fst_writer *w);
  * @return FST_OK; FST_EFULL (no space: detail names the file); FST_EIO. */
 fst_status fst__lock_prealloc(const char *file, unsigned maxreaders);
 
-/* fst__lock_usable() :
+/* fst__lock_usable() : (env.c)
  * Whether this process can use the lock file `<path>-lock` of the store
  * at `path` as LMDB will: *usable = true if it opens read-write or could be
  * created (it is then created, as LMDB would), false if that is refused
@@ -187,22 +189,122 @@ const char *fst__network_fs_name(unsigned long magic);
 }
 #endif
 
-/* ---- shared by store.c and writer.c only ---- */
+/* fst__journal_from_mdb() :
+ * The journal's status for LMDB or errno code rc of an operation `what` on
+ * the journal at `path`: its own words for MDB_NOTFOUND and for a file that
+ * is not a journal (FST_EFORMAT), EIO through fst__fail_io(), anything else
+ * as fst__from_mdb() (so ENOSPC and EDQUOT are FST_EFULL here as in the
+ * store). rc is an int: this needs no LMDB type. */
+fst_status fst__journal_from_mdb(int rc, const char *path, const char *what);
+
+/* ---- shared by the store/ files that use LMDB only ---- */
 #ifdef FST_STORE_LMDB
 #include <lmdb.h>
+#include <pthread.h>
 #include <sys/stat.h>
 
 /* Lock table size: the issue asks for >= 1024 concurrent readers. */
 #define FST__MAX_READERS 4096
 #define FST__MAX_DBS     4
 
-/* fst__from_mdb() :
+/* fst__from_mdb() : (env.c)
  * Our status for LMDB or errno code rc (MDB_SUCCESS -> FST_OK), with a
  * detail "<what>: <LMDB's message>" (printf format). MDB_NOTFOUND ->
- * FST_ENOTFOUND, MDB_MAP_FULL / ENOSPC / EDQUOT -> FST_EFULL, ENOMEM ->
- * FST_ENOMEM, MDB_INVALID / MDB_VERSION_MISMATCH -> FST_EFORMAT, anything
- * else -> FST_EIO. */
+ * FST_ENOTFOUND, MDB_MAP_FULL -> FST_EFULL, MDB_INVALID /
+ * MDB_VERSION_MISMATCH -> FST_EFORMAT, an errno as fst__errno_status()
+ * says (ENOSPC / EDQUOT -> FST_EFULL, ENOMEM -> FST_ENOMEM), anything else
+ * -> FST_EIO. A full map or disk adds " (disk or map full)". */
 fst_status fst__from_mdb(int rc, const char *fmt, ...) FST_PRINTF(2, 3);
+
+/* ---- the registry of environments (env.c) ---- */
+
+/* One LMDB environment per store file per process, shared by every
+ * fst_store handle on that file. LMDB forbids opening one file twice in a
+ * process: the second open takes the lock file's "exclusive" fcntl lock
+ * (fcntl locks are per process, so it always succeeds), re-initializes the
+ * reader table under the first handle's live readers, and closing either
+ * handle drops the other's locks. Measured: a second mdb_env_open() in the
+ * same process empties the reader table. So handles share, and a writer on
+ * the same file in the same process is refused (fst__claim_write()). */
+typedef struct fst__env {
+    dev_t       dev;
+    ino_t       ino;
+    pid_t       pid;            /* a forked child does not inherit it */
+    unsigned    refs;
+    MDB_env    *env;
+    MDB_dbi     images, meta;
+    size_t      maxkey;
+    /* Remapping (mdb_env_set_mapsize) moves the map: no read transaction
+     * of this process may be live meanwhile. `active` counts live readers;
+     * `remapping` holds new ones back. A mutex and a condition rather than
+     * a rwlock, so that a reader may end on another thread than it began. */
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;
+    unsigned    active;
+    bool        remapping;
+    fst_reader *pool;           /* ended readers: txn reset, slot held */
+    unsigned    npool;
+    /* Opened without the lock file (MDB_NOLOCK, see lock_usable()): no
+     * reader slots, so nothing would keep an append from reusing pages
+     * this process reads. `flockfd` holds a shared flock(2) on the store
+     * file that refuses appends (they take it exclusive) while the handle
+     * is open; where the file system has no flock, `txnid` (the snapshot
+     * seen at open) catches a change at the next read transaction. */
+    bool        nolock;
+    int         flockfd;
+    size_t      txnid;
+    struct fst__env *next;
+} fst__env;
+
+struct fst_store {
+    fst__env   *sh;
+    char       *path;
+    unsigned    flags;          /* FST_OPEN_* */
+    unsigned    stale_cleared;
+    unsigned    live;           /* this handle's live readers (sh->mu) */
+};
+
+struct fst_reader {
+    fst_store  *st;
+    fst__env   *sh;
+    MDB_txn    *txn;            /* live, or reset (kept for reuse) */
+    MDB_cursor *cur;
+    uint64_t    gen;            /* last completed write in this snapshot */
+    bool        live;
+    bool        iterating;
+    fst_reader *next;           /* pool link */
+};
+
+/* fst__env_acquire() :
+ * The environment of the store file at `path` (`sb` its stat) for a new
+ * fst_store handle: this process's one for that file if it has one (one
+ * more reference), else opened with `flags` (FST_OPEN_*), its meta table
+ * checked, and registered; *stale_cleared then gets the reader slots of
+ * dead processes it cleared (else untouched). Any thread.
+ * @return FST_OK; FST_EINVAL (this process is writing that file);
+ *         fst_store_open()'s failures. */
+fst_status fst__env_acquire(const char *path, const struct stat *sb,
+                            unsigned flags, fst__env **out,
+                            unsigned *stale_cleared);
+
+/* fst__env_release() : drop a reference from fst__env_acquire(); the last
+ * one closes the environment and frees its pooled readers. */
+void fst__env_release(fst__env *sh);
+
+/* fst__reader_free() : (store.c) close a reader's cursor and transaction
+ * and free it (for the environment's reader pool). */
+void fst__reader_free(fst_reader *rd);
+
+/* fst__reader_decode() : (store.c)
+ * Decode the record at k/v for reader rd as `how` (FST__DEC_*) says and
+ * put its view in *out; *visible = false (and *out untouched) for a record
+ * of an unfinished append. The detail names the store and the image.
+ * @return FST_OK; fst__record_decode()'s failures. */
+fst_status fst__reader_decode(fst_reader *rd, const MDB_val *k,
+                              const MDB_val *v, unsigned how, fst_view *out,
+                              bool *visible);
+
+/* ---- the meta table (meta.c) ---- */
 
 /* fst__meta_u64() : read an 8-byte integer value of the meta table.
  * @return MDB_SUCCESS; MDB_NOTFOUND; MDB_BAD_VALSIZE (not 8 bytes). */
@@ -222,7 +324,7 @@ int fst__meta_put_str(MDB_txn *txn, MDB_dbi meta, const char *key,
 fst_status fst__meta_read(MDB_txn *txn, MDB_dbi meta, const char *path,
                           fst_store_meta *out, uint64_t *gen);
 
-/* fst__claim_write() :
+/* fst__claim_write() : (env.c)
  * Register that this process is about to write the store file `sb`
  * describes through its own LMDB environment (APPEND, raw writes). LMDB
  * breaks when a process opens one file twice, so this refuses if the

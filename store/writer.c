@@ -21,6 +21,7 @@
  */
 #define FST_STORE_LMDB
 #include "store_impl.h"
+#include "direct_io.h"
 
 #include "fst_config.h"
 
@@ -35,30 +36,14 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <linux/aio_abi.h>
 
 #define BATCH_RECORDS   1000
 #define BATCH_BYTES     (64ull << 20)
 #define MAP_INITIAL     (16ull << 20)
 #define MAP_ROUND       (1ull << 20)
 #define ALLOC_STEP      (64ull << 20)
-#define AIO_SLOTS       4               /* direct writes in flight */
-
-/* One record's O_DIRECT write in flight (CREATE, see put_staged()). */
-typedef struct aslot {
-    char       *buf;                /* page-aligned; the record at buf + skew */
-    size_t      cap;
-    size_t      skew, head, size;   /* where the record lies in buf */
-    off_t       off;                /* file offset of the record */
-    struct iocb cb;
-    bool        busy;
-    long        fake_res;           /* test hook: completed with this */
-    char        name[FST__NAME_MSG];    /* the image, for messages */
-} aslot;
 
 struct fst_writer {
     fst_write_mode mode;
@@ -81,11 +66,7 @@ struct fst_writer {
     char       *map;                /* CREATE: LMDB's map, NULL if unknown */
     bool        no_stage;           /* CREATE: test hook, never pwrite */
     int         fd;                 /* CREATE: the file, for pwrite */
-    int         dfd;                /* CREATE: the same, O_DIRECT; or -1 */
-    aio_context_t aio;              /* CREATE: for dfd's writes; 0 if none */
-    aslot       slots[AIO_SLOTS];
-    unsigned    next_slot, inflight;
-    bool        dfd_refused;        /* a direct write got EINVAL: stop */
+    fst__dio    dio;                /* CREATE: O_DIRECT writes (direct_io.c) */
     bool        map_lost;           /* a map growth failed: close only */
     void       *stage;              /* CREATE: one record, encoded */
     size_t      stagecap;
@@ -99,9 +80,6 @@ struct fst_writer {
     fst_store_meta old;             /* APPEND: meta before this write */
     uint64_t    add_images, add_keypoints, add_payload;
 };
-
-static void direct_start(fst_writer *w);
-static void direct_stop(fst_writer *w);
 
 static fst_status fail(fst_writer *w, fst_status s)
 {
@@ -261,11 +239,9 @@ static fst_status reserve_blocks(fst_writer *w, uint64_t pages)
             w->prealloc = false;
             return FST_OK;
         }
-        return fail(w, fst__fail(e == ENOSPC || e == EDQUOT ? FST_EFULL
-                                                            : FST_EIO,
-                                 "%s: reserving disk space (%llu bytes): %s",
-                                 w->tmp, (unsigned long long)end,
-                                 strerror(e)));
+        return fail(w, fst__fail_io(e, w->tmp, 0, "%s: reserving disk space "
+                                    "(%llu bytes)", w->tmp,
+                                    (unsigned long long)end));
     }
     w->alloc_end = end;
     return FST_OK;
@@ -306,36 +282,6 @@ static fst_status ensure_room(fst_writer *w, uint64_t bytes)
     FST_TRY(begin_txn(w));
 out:
     return s;
-}
-
-fst_status fst__lock_prealloc(const char *file, unsigned maxreaders)
-{
-    char lock[PATH_MAX];
-    if (snprintf(lock, sizeof lock, "%s-lock", file) >= (int)sizeof lock)
-        return fst__fail(FST_EINVAL, "%s: path too long", file);
-    bool created = true;
-    int fd = open(lock, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0 && errno == EEXIST) {
-        created = false;
-        fd = open(lock, O_RDWR | O_CLOEXEC);
-    }
-    if (fd < 0) {
-        if (errno == ENOENT || errno == EACCES || errno == EROFS)
-            return FST_OK;          /* LMDB reports it, with its own words */
-        return fst__fail(errno == ENOSPC ? FST_EFULL : FST_EIO, "%s: %s",
-                         lock, strerror(errno));
-    }
-    /* LMDB's table: two cache lines of header, one per reader slot; a
-     * larger file only gives more slots. */
-    off_t size = 4096 + (off_t)maxreaders * 64;
-    int rc = posix_fallocate(fd, 0, size);
-    close(fd);
-    if (rc == 0 || rc == EOPNOTSUPP || rc == EINVAL)
-        return FST_OK;              /* no fallocate here: LMDB as usual */
-    if (created)
-        unlink(lock);
-    return fst__fail(rc == ENOSPC || rc == EDQUOT ? FST_EFULL : FST_EIO,
-                     "%s: allocating the lock file: %s", lock, strerror(rc));
 }
 
 static fst_status env_open(fst_writer *w, const char *file, unsigned flags,
@@ -425,7 +371,7 @@ static void writer_free(fst_writer *w)
     free(w->tmp);
     free(w->tmplock);
     free(w->stage);
-    direct_stop(w);
+    fst__dio_stop(&w->dio);
     free(w);
 }
 
@@ -467,7 +413,7 @@ static fst_status open_create(fst_writer *w)
      * put_staged()); where it does not (tmpfs, some network file systems)
      * open fails with EINVAL and they go through it. */
     if (w->map && !w->no_stage)
-        direct_start(w);
+        fst__dio_start(&w->dio, w->tmp, w->fd);
     FST_TRY(reserve_blocks(w, w->used_pages + 256));
     FST_TRY(begin_txn(w));
     FST_TRY(fst__from_mdb(mdb_dbi_open(w->txn, FST_DB_IMAGES, MDB_CREATE,
@@ -580,7 +526,7 @@ fst_status fst_writer_open(const char *path, fst_write_mode mode,
     if (!w)
         return fst__fail(FST_ENOMEM, "%s", path);
     w->lockfd = -1;
-    w->dfd = -1;
+    fst__dio_init(&w->dio);
     w->mode = mode;
     w->max_records = BATCH_RECORDS;
     w->max_bytes = BATCH_BYTES;
@@ -598,143 +544,6 @@ fst_status fst_writer_open(const char *path, fst_write_mode mode,
     return FST_OK;
 }
 
-int fst__direct_fail_errno;
-
-/* pwrite all of [p, p + size) at `off`, EINTR and short writes retried.
- * @return 0, or the errno (EIO for a write of 0 bytes). */
-static int pwrite_all(int fd, const char *p, size_t size, off_t off)
-{
-    while (size) {
-        ssize_t n = pwrite(fd, p, size, off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? errno : EIO;
-        p += n;
-        off += n;
-        size -= (size_t)n;
-    }
-    return 0;
-}
-
-static fst_status write_failed(const fst_writer *w, const char *image, int e)
-{
-    return fst__fail_io(e, w->tmp, 0, "%s: writing image '%s'", w->tmp, image);
-}
-
-/* Linux native AIO, by system call (glibc has no wrappers; no libaio). */
-static long aio_setup(unsigned n, aio_context_t *ctx)
-{
-    return syscall(SYS_io_setup, n, ctx);
-}
-
-static long aio_submit(aio_context_t ctx, long n, struct iocb **cbs)
-{
-    return syscall(SYS_io_submit, ctx, n, cbs);
-}
-
-static long aio_getevents(aio_context_t ctx, long min, long max, struct io_event *ev)
-{
-    return syscall(SYS_io_getevents, ctx, min, max, ev, NULL);
-}
-
-/* The O_DIRECT write of slot `sl` ended with `res` (bytes, or -errno). A
- * file system that refuses O_DIRECT (EINVAL) or a short write gets the
- * rest written through the page cache; direct writing stops after EINVAL. */
-static fst_status slot_done(fst_writer *w, aslot *sl, long res)
-{
-    sl->busy = false;
-    w->inflight--;
-    size_t tail = (size_t)sl->cb.aio_nbytes;
-    if (res >= 0 && (size_t)res >= tail)
-        return FST_OK;
-    if (res < 0 && res != -EINVAL)
-        return fail(w, write_failed(w, sl->name, (int)-res));
-    if (res < 0)
-        w->dfd_refused = true;
-    size_t done = res > 0 ? (size_t)res : 0;
-    size_t rest = sl->size - sl->head;
-    if (done >= rest)
-        return FST_OK;                  /* only padding missing */
-    int e = pwrite_all(w->fd, sl->buf + sl->skew + sl->head + done, rest - done,
-                       sl->off + (off_t)(sl->head + done));
-    return e ? fail(w, write_failed(w, sl->name, e)) : FST_OK;
-}
-
-/* Wait for at least one write in flight to end, and handle what ended. */
-static fst_status reap(fst_writer *w)
-{
-    fst_status s = FST_OK;
-    for (unsigned i = 0; i < AIO_SLOTS && !s; i++) {    /* test hook */
-        aslot *sl = &w->slots[(w->next_slot + i) % AIO_SLOTS];  /* oldest first */
-        if (sl->busy && sl->fake_res)
-            s = slot_done(w, sl, sl->fake_res);
-    }
-    if (s || w->inflight == 0)
-        return s;
-    struct io_event ev[AIO_SLOTS];
-    long n;
-    while ((n = aio_getevents(w->aio, 1, AIO_SLOTS, ev)) < 0 && errno == EINTR) {}
-    if (n < 0)
-        return fail(w, fst__fail(FST_EIO, "%s: waiting for writes: %s", w->tmp,
-                                 strerror(errno)));
-    for (long i = 0; i < n; i++) {
-        aslot *sl = &w->slots[ev[i].data];
-        if (s) {                /* the first failure's message stands */
-            sl->busy = false;
-            w->inflight--;
-        } else {
-            s = slot_done(w, sl, (long)ev[i].res);
-        }
-    }
-    return s;
-}
-
-/* Wait for every write in flight; the first failure. */
-static fst_status drain(fst_writer *w)
-{
-    fst_status s = FST_OK;
-    while (w->inflight) {
-        unsigned before = w->inflight;
-        fst_status t = reap(w);
-        s = s ? s : t;
-        if (w->inflight == before)      /* io_getevents itself failed */
-            break;
-    }
-    return s;
-}
-
-/* End direct writing, releasing it all. Writes still in flight are waited
- * for by io_destroy(2), their results dropped: only called on the way out
- * or from a test hook. */
-static void direct_stop(fst_writer *w)
-{
-    if (w->aio)
-        syscall(SYS_io_destroy, w->aio);
-    w->aio = 0;
-    w->inflight = 0;
-    for (unsigned i = 0; i < AIO_SLOTS; i++) {
-        free(w->slots[i].buf);
-        memset(&w->slots[i], 0, sizeof w->slots[i]);
-    }
-    if (w->dfd >= 0)
-        close(w->dfd);
-    w->dfd = -1;
-}
-
-/* Start direct writing on the temporary file, where the file system takes
- * O_DIRECT (not tmpfs of old kernels, some network file systems) and the
- * kernel has AIO contexts left; else records go through the page cache. */
-static void direct_start(fst_writer *w)
-{
-    w->dfd = open(w->tmp, O_WRONLY | O_DIRECT | O_CLOEXEC);
-    if (w->dfd >= 0 && aio_setup(AIO_SLOTS, &w->aio) != 0) {
-        w->aio = 0;
-        close(w->dfd);
-        w->dfd = -1;
-    }
-}
-
 /* CREATE: encode the record into a staging buffer that stays in cache and
  * pwrite it into the file where LMDB reserved it (dst, in the map; the map
  * and the file share the page cache). A page written through the map is
@@ -742,17 +551,11 @@ static void direct_start(fst_writer *w)
  * one per page; pwrite of whole pages skips all that.
  *
  * The record's first page also holds LMDB's overflow page header (written
- * through the map, rewritten by LMDB at commit): its part of the record is
- * written through the page cache. The pages after it belong to the record
- * alone and go straight to the disk: O_DIRECT (w->dfd), asynchronously
- * (Linux AIO, AIO_SLOTS records in flight), so the disk works while the
- * next records are read and encoded. No page-cache copy to make, and
- * nothing left for the final fsync to write back, which a large import
- * otherwise waits for at the disk's buffered write-back rate (here about a
- * third of its direct rate). In a slot's buffer the record starts at the
- * same offset in a page as in the file, so that its second page is
- * page-aligned in memory too, as O_DIRECT requires. Failures of a write in
- * flight surface at a later put or at finish, naming their image. */
+ * through the map, rewritten by LMDB at commit). Where the record reaches
+ * past that page and the file takes O_DIRECT, direct_io.c writes it: the
+ * first page through the page cache, the rest straight to the disk,
+ * asynchronously. Failures of a write in flight surface at a later put or
+ * at finish, naming their image. */
 static fst_status put_staged(fst_writer *w, const fst_image *img, char *dst,
                              size_t size)
 {
@@ -762,77 +565,20 @@ static fst_status put_staged(fst_writer *w, const fst_image *img, char *dst,
         return fst__record_encode_checked(img, w->gen, dst, size);
     size_t ps = (size_t)w->psize;
     off_t off = (off_t)(dst - w->map);
-    size_t skew = (size_t)off % ps;
-    size_t need = (skew + size + ps - 1) / ps * ps;
-    bool direct = w->aio && !w->dfd_refused && skew + size > ps && ps % 4096 == 0;
-    if (!direct) {
-        if (size > w->stagecap) {
-            void *p = realloc(w->stage, size);
-            if (!p)
-                return fst__fail(FST_ENOMEM, "%s: image '%s'", w->tmp, img->name);
-            w->stage = p;
-            w->stagecap = size;
-        }
-        FST_TRY(fst__record_encode_checked(img, w->gen, w->stage, size));
-        int e = pwrite_all(w->fd, w->stage, size, off);
-        return e ? write_failed(w, img->name, e) : FST_OK;
-    }
-
-    aslot *sl = &w->slots[w->next_slot];
-    while (sl->busy)
-        FST_TRY(reap(w));
-    if (need > sl->cap) {
-        void *p = NULL;
-        if (posix_memalign(&p, ps, need) != 0)
+    if (fst__dio_fits(&w->dio, off, size, ps))
+        return fst__dio_put(&w->dio, img, w->gen, off, size, ps);
+    if (size > w->stagecap) {
+        void *p = realloc(w->stage, size);
+        if (!p)
             return fst__fail(FST_ENOMEM, "%s: image '%s'", w->tmp, img->name);
-        free(sl->buf);
-        sl->buf = p;
-        sl->cap = need;
+        w->stage = p;
+        w->stagecap = size;
     }
-    char *rec = sl->buf + skew;
-    FST_TRY(fst__record_encode_checked(img, w->gen, rec, size));
-    size_t head = ps - skew;
-    int e = pwrite_all(w->fd, rec, head, off);
+    FST_TRY(fst__record_encode_checked(img, w->gen, w->stage, size));
+    int e = fst__pwrite_all(w->fd, w->stage, size, off);
     if (e)
-        return write_failed(w, img->name, e);
-    memset(rec + size, 0, need - skew - size);
-    sl->skew = skew;
-    sl->head = head;
-    sl->size = size;
-    sl->off = off;
-    fst__name_for_msg(sl->name, img->name, strlen(img->name));
-    memset(&sl->cb, 0, sizeof sl->cb);
-    sl->cb.aio_data = w->next_slot;
-    sl->cb.aio_lio_opcode = IOCB_CMD_PWRITE;
-    sl->cb.aio_fildes = (uint32_t)w->dfd;
-    sl->cb.aio_buf = (uint64_t)(uintptr_t)(sl->buf + ps);
-    sl->cb.aio_nbytes = need - ps;
-    sl->cb.aio_offset = off + (off_t)head;
-    sl->fake_res = fst__direct_fail_errno ? -fst__direct_fail_errno : 0;
-    sl->busy = true;
-    w->inflight++;
-    w->next_slot = (w->next_slot + 1) % AIO_SLOTS;
-    if (sl->fake_res)
-        return FST_OK;
-    struct iocb *cbp = &sl->cb;
-    long r;
-    while ((r = aio_submit(w->aio, 1, &cbp)) != 1) {
-        int err = r < 0 ? errno : EAGAIN;
-        if (err == EINTR)
-            continue;
-        if (err == EAGAIN && w->inflight > 1) {   /* kernel queue full */
-            sl->busy = false;           /* (not in flight: reap skips it) */
-            w->inflight--;
-            FST_TRY(reap(w));
-            sl->busy = true;
-            w->inflight++;
-            continue;
-        }
-        /* Not submitted: through the page cache, this record (EAGAIN) or
-         * from now on (no AIO for this file: as if O_DIRECT were refused). */
-        FST_TRY(slot_done(w, sl, err == EAGAIN ? 0 : -EINVAL));
-        break;
-    }
+        return fst__fail_io(e, w->tmp, 0, "%s: writing image '%s'", w->tmp,
+                            img->name);
 out:
     return s;
 }
@@ -1142,7 +888,7 @@ fst_status fst_writer_finish(fst_writer *w, const fst_source *src)
                       "was written", w->path);
         goto out;
     }
-    FST_TRY(drain(w));      /* CREATE: every record's direct write ended */
+    FST_TRY(fst__dio_drain(&w->dio));      /* CREATE: every record's direct write ended */
     FST_TRY(ensure_room(w, 4096));
     FST_TRY(write_meta(w, src));
     s = commit(w, false);
@@ -1223,14 +969,14 @@ void fst__writer_through_map(fst_writer *w)
 {
     w->map = NULL;
     w->no_stage = true;
-    direct_stop(w);
+    fst__dio_stop(&w->dio);
 }
 
 bool fst__writer_direct(fst_writer *w, bool on)
 {
-    bool was = w->aio != 0 && !w->dfd_refused;
+    bool was = fst__dio_on(&w->dio);
     if (!on)
-        direct_stop(w);
+        fst__dio_stop(&w->dio);
     return was;
 }
 
@@ -1240,7 +986,7 @@ fst_status fst__store_put_raw(const char *path, const char *table,
     fst_writer w0, *w = &w0;
     memset(w, 0, sizeof *w);
     w->lockfd = -1;
-    w->dfd = -1;
+    fst__dio_init(&w->dio);
     w->path = (char *)path;
     if (stat(path, &w->sb) != 0)
         return fst__fail(FST_EIO, "%s: %s", path, strerror(errno));

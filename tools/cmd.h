@@ -14,6 +14,8 @@ int fst_cmd_synth(int argc, char **argv);
 /* cmd_match.c */
 int fst_cmd_match(int argc, char **argv);
 int fst_cmd_worker(int argc, char **argv);   /* internal: a worker process */
+/* cmd_weights.c */
+int fst_cmd_weights(int argc, char **argv);
 /* cmd_merge.c */
 int fst_cmd_merge(int argc, char **argv);
 

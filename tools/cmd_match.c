@@ -58,6 +58,12 @@ static const char usage_text[] =
     "                             be written): appends are refused meanwhile\n"
     "  --quiet                    no progress or summary (warnings and errors only)\n"
     "  --json                     one JSON summary object on stdout\n"
+    "  --no-verify                do not check each image's checksum the first\n"
+    "                             time a worker reads it (a corrupt record is\n"
+    "                             then matched as it is)\n"
+    "  --stall-timeout S          kill a worker that has work and sends nothing\n"
+    "                             for max(S, 10 x the slowest pair time seen);\n"
+    "                             its pairs are redone (default 60, cuda 150)\n"
     "  -h, --help                 this text\n"
     "\n"
     "exit status: 0 all pairs matched; 1 error, or some pairs failed (listed);\n"
@@ -157,6 +163,8 @@ static void print_json(const fst_run_stats *st, const fst_run_opts *o, fst_statu
     fst__json_str(f, st->device);
     fputs(",\"backend\":", f);
     fst__json_str(f, st->backend);
+    fprintf(f, ",\"verify\":%s,\"worker_stalls\":%u", st->verified ? "true" : "false",
+            st->worker_stalls);
     fprintf(f, ",\"peak_pss_bytes\":%llu,\"store_bytes\":%llu,\"signal\":%d,"
             "\"output_written\":%s,\"failures\":[",
             (unsigned long long)st->peak_pss, (unsigned long long)st->store_bytes, st->signal,
@@ -235,7 +243,12 @@ static void print_summary(FILE *f, const fst_run_stats *st, const char *output, 
         if (st->first_pair_ms >= 0) fprintf(f, ", first pair after %.0f ms", st->first_pair_ms);
         if (st->worker_restarts) fprintf(f, ", %u worker restart%s", st->worker_restarts,
                                          st->worker_restarts > 1 ? "s" : "");
+        if (st->worker_stalls) fprintf(f, ", %u stalled worker%s killed", st->worker_stalls,
+                                       st->worker_stalls > 1 ? "s" : "");
         fprintf(f, "\n  peak memory (PSS, coordinator + workers): %s; store %s\n", pss, store);
+        if (!st->verified)
+            fprintf(f, "  checksums not verified (--no-verify): a corrupt record would be "
+                    "matched as it is\n");
     }
     if (st->output_written)
         fprintf(f, "  wrote %s (%llu pair%s from the run and journal)\n", output,
@@ -285,7 +298,7 @@ enum {
     OPT_DEVICE = 1000, OPT_WORKERS, OPT_WPD, OPT_THREADS, OPT_PRESET, OPT_MUTUAL,
     OPT_NO_MUTUAL, OPT_RATIO, OPT_DIST, OPT_QUERY, OPT_DTYPE, OPT_SKIP, OPT_OVERWRITE,
     OPT_BATCH, OPT_PARAMS, OPT_QUIET, OPT_JSON, OPT_SHARD,
-    OPT_NO_LOCK = 1100,
+    OPT_NO_LOCK = 1100, OPT_NO_VERIFY, OPT_STALL,
 };
 
 /* The shard line of the summary and --json. */
@@ -335,6 +348,8 @@ int fst_cmd_match(int argc, char **argv)
         {"shard", required_argument, 0, OPT_SHARD},
         {"no-lock", no_argument, 0, OPT_NO_LOCK},
         {"help", no_argument, 0, 'h'},
+        {"no-verify", no_argument, 0, OPT_NO_VERIFY},
+        {"stall-timeout", required_argument, 0, OPT_STALL},
         {0, 0, 0, 0},
     };
     fst_run_opts o = fst_run_opts_default();
@@ -402,6 +417,13 @@ int fst_cmd_match(int argc, char **argv)
         case 'h':
             fputs(usage_text, stdout);
             return 0;
+        case OPT_NO_VERIFY: o.no_verify = true; break;
+        case OPT_STALL:
+            if (!parse_thr(optarg, &o.stall_timeout_s) || o.stall_timeout_s < 0.5 ||
+                o.stall_timeout_s > 86400)
+                return fst__cli_usage("match", usage_line, "--stall-timeout: expected seconds "
+                                      "from 0.5 to 86400, not '%s'", optarg);
+            break;
         default:
             return fst__cli_getopt_error("match", usage_line, c, argv);
         }

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -80,6 +81,11 @@ typedef struct wk {
     uint32_t   work_lo, work_n;
     fst_status last_status;   /* from READY or FATAL */
     char       last_words[600];
+    int64_t    heard_ns;      /* last byte from it, or last time it was
+                                 given work while idle (stall deadline) */
+    int64_t    chunk_t0;      /* WORKING received (per-pair time), or 0 */
+    uint32_t   chunk_n;
+    bool       stalled;       /* killed for making no progress */
 } wk;
 
 typedef struct run {
@@ -120,7 +126,19 @@ typedef struct run {
     char               *key;
     size_t              keycap;
     bool                writer_child;    /* this process writes matches.h5 */
+    /* deadlines (see "---- deadlines ----") */
+    int64_t             pair_ns_max;     /* slowest per-pair time seen */
+    int64_t             last_check_ns;   /* last check_deadlines() */
+    int64_t             stop_deadline;   /* graceful stop ends here (0: none) */
+    struct wshared     *wsh;             /* shared with the writer process */
 } run;
+
+/* A page shared with the process writing matches.h5 (MAP_SHARED): it says
+ * it is alive, the coordinator asks it to stop. */
+typedef struct wshared {
+    volatile uint64_t beats;   /* progress callbacks so far (the writer) */
+    volatile int      stop;    /* a signal number: stop now (the coordinator) */
+} wshared;
 
 fst_run_opts fst_run_opts_default(void)
 {
@@ -218,8 +236,7 @@ static fst_status check_output(run *R)
     int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     fst_status s = FST_OK;
     if (fd < 0) {
-        s = fst__fail(errno == ENOSPC ? FST_EFULL : FST_EIO, "cannot write output %s: %s",
-                      out, strerror(errno));
+        s = fst__fail_io(errno, out, 0, "cannot write output %s", out);
     } else {
         close(fd);
         unlink(probe);
@@ -901,6 +918,7 @@ static fst_status queue_config(run *R, wk *w)
         .index_size = o->index_size,
         .chunk = R->cuda ? 0 : 8,
         .slot = w->slot,
+        .verify = !o->no_verify,
     };
     return fst__wconfig_encode(&w->out, &c);
 }
@@ -997,6 +1015,9 @@ static fst_status spawn_worker(run *R, wk *w)
     w->out.len = w->out.off = 0;
     w->last_status = FST_OK;
     w->last_words[0] = '\0';
+    w->heard_ns = fst__now_ns();
+    w->chunk_t0 = 0;
+    w->stalled = false;
     s = queue_config(R, w);
 out:
     if (fa_ok) posix_spawn_file_actions_destroy(&fa);
@@ -1164,6 +1185,7 @@ static fst_status send_batch(run *R, wk *w, batch *b)
         p->batch = b->id;
     }
     fst__msg_end(&w->out, start);
+    if (!w->nfl) w->heard_ns = fst__now_ns();   /* idle until now: not a stall */
     w->fl[w->nfl++] = b;
     w->sent++;
 out:
@@ -1207,6 +1229,12 @@ static fst_status on_result(run *R, wk *w, fst__rd *r)
         return fst__fail(FST_EFORMAT, "worker %u: result for a pair it was not given", w->slot);
     tpair *p = &R->todo[id];
     b->answered++;
+    if (w->chunk_t0) {
+        /* a chunk's results come together, after it: its first one ends it */
+        int64_t per = (fst__now_ns() - w->chunk_t0) / (w->chunk_n ? w->chunk_n : 1);
+        if (per > R->pair_ns_max) R->pair_ns_max = per;
+        w->chunk_t0 = 0;
+    }
     if (ps != FST_OK) {
         char d[1100];
         snprintf(d, sizeof d, "%.*s", (int)(dl > 1000 ? 1000 : dl), detail);
@@ -1276,6 +1304,8 @@ static fst_status on_message(run *R, wk *w, uint32_t type, fst__rd *r)
         w->work_batch = fst__rd_u32(r);
         w->work_lo = fst__rd_u32(r);
         w->work_n = fst__rd_u32(r);
+        w->chunk_t0 = fst__now_ns();
+        w->chunk_n = w->work_n;
         return FST_OK;
     case FST__MSG_FATAL:
         copy_words(w, r);
@@ -1300,6 +1330,7 @@ static fst_status read_worker(run *R, wk *w, bool *eof)
             break;
         }
         w->in.len += (size_t)n;
+        w->heard_ns = fst__now_ns();
         if (w->in.cap - w->in.len > 0 && (size_t)n < (1u << 16)) break;
     }
     uint32_t type;
@@ -1321,6 +1352,166 @@ static void kill_worker(wk *w)
     kill(w->pid, SIGKILL);
 }
 
+/* ---- deadlines ----
+ *
+ * Nothing waits without one. A worker that has work (a batch in flight, or
+ * its start: store and backend opening) and sends nothing for its stall
+ * limit is killed with SIGKILL and handled as a dead worker (its pairs go
+ * back to the queue; the pairs it was matching get one point, as for any
+ * SIGKILL, half a crash's two: a pair is isolated once it has four, the
+ * last time blamed alone). The limit is max(floor, STALL_FACTOR x the slowest per-pair time
+ * seen in this run x the pairs it is matching at once): a worker sends its
+ * results after each chunk of pairs (8 on the CPU, a batch on a GPU), so a
+ * live one is heard at least once per chunk. The floor (--stall-timeout,
+ * default 60 s on the CPU) covers the first chunks, before any time was
+ * measured: a first batch holds one pair, and one pair of 8k x 8k
+ * keypoints takes about a second on one core. With CUDA the default floor
+ * is 150 s: a GPU worker gives up by itself after its backend's timeout_s
+ * (120 s) and says why, which is better than killing it. A start gets at
+ * least the default floor (a CUDA context and cuBLAS take seconds). The
+ * graceful stop after a first SIGINT/SIGTERM waits for the batches in
+ * flight at most min(floor, STOP_GRACE_S), then drops them. Reaping a
+ * process that closed its socket or was killed waits at most REAP_NS
+ * (then SIGKILL, then REAP_NS more, then gives up on it: a process in an
+ * uninterruptible sleep is left to init rather than waited for). */
+#define STALL_FACTOR     10
+#define STALL_FLOOR_CPU  60.0
+#define STALL_FLOOR_CUDA 150.0
+#define STOP_GRACE_S     10.0
+#define REAP_NS          3000000000LL
+
+static int64_t default_floor_ns(const run *R)
+{
+    return (int64_t)((R->cuda ? STALL_FLOOR_CUDA : STALL_FLOOR_CPU) * 1e9);
+}
+
+static int64_t stall_floor_ns(const run *R)
+{
+    double t = R->o->stall_timeout_s;
+    return t > 0 ? (int64_t)(t * 1e9) : default_floor_ns(R);
+}
+
+int64_t fst__stall_limit_ns(int64_t floor_ns, int64_t pair_ns_max, uint32_t pairs)
+{
+    int64_t n = pairs ? (int64_t)pairs : 1;
+    if (pair_ns_max < 0) pair_ns_max = 0;
+    int64_t derived = pair_ns_max > INT64_MAX / 4 / STALL_FACTOR / n
+                          ? INT64_MAX / 4
+                          : pair_ns_max * STALL_FACTOR * n;
+    return derived > floor_ns ? derived : floor_ns;
+}
+
+/* How long w may stay silent. */
+static int64_t stall_limit_ns(const run *R, const wk *w)
+{
+    int64_t floor = stall_floor_ns(R);
+    if (w->state == W_STARTING) {
+        int64_t d = default_floor_ns(R);
+        return floor > d ? floor : d;
+    }
+    return fst__stall_limit_ns(floor, R->pair_ns_max,
+                               w->work_batch && w->work_n ? w->work_n : 1);
+}
+
+/* What w was doing, for the message. */
+static void describe_work(const run *R, const wk *w, char *buf, size_t len)
+{
+    if (w->state == W_STARTING) {
+        snprintf(buf, len, "starting (opening the store and its backend)");
+        return;
+    }
+    for (int k = 0; k < w->nfl; k++) {
+        const batch *b = w->fl[k];
+        if (b->id != w->work_batch || w->work_lo >= b->n) continue;
+        const tpair *p = &R->todo[b->ids[w->work_lo]];
+        uint32_t n = w->work_n;
+        snprintf(buf, len, "matching pair %s %s%s", nm(R, p->i0), nm(R, p->i1),
+                 n > 1 ? " and the next ones of its chunk" : "");
+        if (n > 1) {
+            size_t l = strlen(buf);
+            snprintf(buf + l, len - l, " (%u pairs)", n);
+        }
+        return;
+    }
+    uint32_t n = 0;
+    for (int k = 0; k < w->nfl; k++) n += w->fl[k]->n;
+    snprintf(buf, len, "holding %d batch%s (%u pairs) not yet begun", w->nfl,
+             w->nfl == 1 ? "" : "es", n);
+}
+
+/* Kill the workers that have had work and sent nothing for their stall
+ * limit; their end of file then goes through on_death. */
+static void check_stalls(run *R, int64_t now)
+{
+    for (uint32_t i = 0; i < R->nw; i++) {
+        wk *w = &R->w[i];
+        if (w->state == W_OFF || w->stalled) continue;
+        if (w->state != W_STARTING && w->nfl == 0) continue;
+        int64_t limit = stall_limit_ns(R, w), quiet = now - w->heard_ns;
+        if (quiet < limit) continue;
+        char what[700];
+        describe_work(R, w, what, sizeof what);
+        notice(R, "warning: worker %u (pid %ld) made no progress for %.1f s (limit %.1f s) "
+               "while %s: killing it (SIGKILL)", w->slot, (long)w->pid, (double)quiet / 1e9,
+               (double)limit / 1e9, what);
+        snprintf(w->last_words, sizeof w->last_words, "stalled (no progress for %.1f s)",
+                 (double)quiet / 1e9);
+        w->stalled = true;
+        R->st->worker_stalls++;
+        kill(w->pid, SIGKILL);
+    }
+}
+
+/* The graceful stop's wait: the floor, at most STOP_GRACE_S. */
+static double stop_grace_s(const run *R)
+{
+    double f = (double)stall_floor_ns(R) / 1e9;
+    return f < STOP_GRACE_S ? f : STOP_GRACE_S;
+}
+
+/* Each tick (TICK_NS: the poll loop wakes at least that often). */
+static void check_deadlines(run *R, int64_t now)
+{
+    /* Time this process was not listening (descheduled on a loaded machine,
+     * a slow journal commit, Ctrl-Z) is not the workers' silence. */
+    if (R->last_check_ns && now - R->last_check_ns > 2 * TICK_NS) {
+        int64_t gap = now - R->last_check_ns - TICK_NS;
+        for (uint32_t i = 0; i < R->nw; i++) R->w[i].heard_ns += gap;
+    }
+    R->last_check_ns = now;
+    check_stalls(R, now);
+    if (R->stopping && !R->dropping && R->stop_deadline && now >= R->stop_deadline) {
+        uint32_t nb = 0;
+        for (uint32_t i = 0; i < R->nw; i++) nb += (uint32_t)R->w[i].nfl;
+        if (nb)
+            notice(R, "note: stopping: the %u batch%s in flight did not finish within %.0f s: "
+                   "dropping %s (the next run redoes %s pairs)", nb, nb > 1 ? "es" : "",
+                   stop_grace_s(R), nb > 1 ? "them" : "it", nb > 1 ? "their" : "its");
+        R->dropping = true;
+    }
+}
+
+/* waitpid(pid) for at most REAP_NS, then SIGKILL and REAP_NS more.
+ * false: it would not end (left unreaped; *ws is 0). */
+static bool reap(pid_t pid, int *ws)
+{
+    *ws = 0;
+    for (int round = 0; round < 2; round++) {
+        int64_t deadline = fst__now_ns() + REAP_NS;
+        for (;;) {
+            pid_t r = waitpid(pid, ws, WNOHANG);
+            if (r == pid) return true;
+            if (r < 0 && errno != EINTR) return false;   /* not ours (any more) */
+            if (fst__now_ns() > deadline) break;
+            struct timespec ts = {0, 5000000};
+            nanosleep(&ts, NULL);
+        }
+        kill(pid, SIGKILL);
+    }
+    *ws = 0;
+    return false;
+}
+
 /* A worker's socket closed: reap it, requeue its pairs, maybe replace it. */
 static fst_status on_death(run *R, wk *w)
 {
@@ -1328,11 +1519,12 @@ static fst_status on_death(run *R, wk *w)
     int ws = 0;
     close(w->fd);
     w->fd = -1;
-    while (waitpid(w->pid, &ws, 0) < 0 && errno == EINTR) {}
+    bool reaped = reap(w->pid, &ws);
     bool was_ready = w->state == W_READY;
     w->state = W_OFF;
     char why[800];
-    describe_exit(ws, why, sizeof why);
+    if (reaped) describe_exit(ws, why, sizeof why);
+    else snprintf(why, sizeof why, "closed its connection but did not end, even after SIGKILL");
     if (w->last_words[0]) {
         size_t l = strlen(why);
         snprintf(why + l, sizeof why - l, ": %s", w->last_words);
@@ -1373,7 +1565,10 @@ static fst_status on_death(run *R, wk *w)
         }
     }
     uint32_t back = 0;
-    unsigned points = WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL ? 1 : 2;
+    /* a crash says most about the pair; a SIGKILL (OOM killer, kill -9, a
+     * stall: ours) less */
+    unsigned points = !reaped || w->stalled || (WIFSIGNALED(ws) && WTERMSIG(ws) == SIGKILL)
+                          ? 1 : 2;
     for (int k = 0; k < w->nfl; k++) {
         batch *b = w->fl[k];
         for (uint32_t q = 0; q < b->n; q++)
@@ -1498,8 +1693,11 @@ static void stop_workers(run *R, bool now)
             }
             if (r < 0 && errno != EINTR) break;
             if (fst__now_ns() > deadline) {
-                kill(w->pid, SIGKILL);
-                while (waitpid(w->pid, &ws, 0) < 0 && errno == EINTR) {}
+                /* bounded: one in an uninterruptible sleep is left to init */
+                reaped = reap(w->pid, &ws);
+                if (!reaped)
+                    notice(R, "warning: worker %u (pid %ld) did not end after SIGKILL; "
+                           "leaving it", w->slot, (long)w->pid);
                 break;
             }
             struct timespec ts = {0, 5000000};
@@ -1607,10 +1805,13 @@ static fst_status supervise(run *R)
                 if (n > 0 && !R->dropping) {
                     uint32_t nb = 0;
                     for (uint32_t i = 0; i < R->nw; i++) nb += (uint32_t)R->w[i].nfl;
+                    double grace = stop_grace_s(R);
+                    if (!R->stop_deadline)
+                        R->stop_deadline = fst__now_ns() + (int64_t)(grace * 1e9);
                     if (nb)
-                        notice(R, "note: stopping: letting the %u batch%s in flight finish "
-                               "(interrupt again to drop %s)", nb, nb > 1 ? "es" : "",
-                               nb > 1 ? "them" : "it");
+                        notice(R, "note: stopping: letting the %u batch%s in flight finish, "
+                               "for at most %.0f s (interrupt again to drop %s)", nb,
+                               nb > 1 ? "es" : "", grace, nb > 1 ? "them" : "it");
                 }
                 continue;
             }
@@ -1639,6 +1840,7 @@ static fst_status supervise(run *R)
         if (R->first_pending && now - R->first_pending >= commit_ns)
             if ((s = commit(R))) goto out;
         if (now >= R->next_tick) {
+            check_deadlines(R, now);
             sample_pss_paced(R, now);
             report(R, FST_RUN_MATCHING, now);
             R->next_tick = now + TICK_NS;
@@ -1681,16 +1883,11 @@ static int write_progress(uint64_t done, uint64_t total, uint64_t bytes, void *c
     (void)bytes;
     wprog *p = ctx;
     run *R = p->R;
-    if (R->o->stop_fd >= 0) {
-        struct pollfd pf = {R->o->stop_fd, POLLIN, 0};
-        if (poll(&pf, 1, 0) > 0) {
-            unsigned char sig[16];
-            ssize_t n = read(R->o->stop_fd, sig, sizeof sig);
-            if (n > 0) {
-                R->st->signal = sig[n - 1];
-                return 1;
-            }
-        }
+    /* the coordinator reads stop_fd while this process writes (write_watch) */
+    R->wsh->beats++;
+    if (R->wsh->stop) {
+        R->st->signal = R->wsh->stop;
+        return 1;
     }
     int64_t now = fst__now_ns();
     if (now < p->next && done != total)
@@ -1818,6 +2015,8 @@ static fst_status write_output_child(void *ctx, void *result)
     run *R = ctx;
     wresult *res = result;
     R->writer_child = true;
+    const char *hook = getenv("FST_TEST_WRITER_STOP");
+    if (hook && *hook == '1') raise(SIGSTOP);     /* test hook: a stalled writer */
     fst_journal *j = NULL;
     fst_status s = R->j ? fst_journal_open(R->jpath, FST_JOURNAL_RDONLY, &j) : FST_OK;
     if (s == FST_OK) {
@@ -1838,6 +2037,92 @@ static fst_status write_output_child(void *ctx, void *result)
     return s;
 }
 
+/* Signs of life of process `pid`: CPU time and bytes read and written
+ * (/proc/PID/stat, /proc/PID/io), and its state letter. */
+static uint64_t activity(pid_t pid, char *state)
+{
+    char path[64], buf[1024];
+    uint64_t sum = 0;
+    *state = '?';
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "re");
+    if (f) {
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+        const char *p = strrchr(buf, ')');
+        unsigned long long ut = 0, stt = 0;
+        if (p && sscanf(p + 2, "%c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                        state, &ut, &stt) == 3)
+            sum += ut + stt;
+    }
+    snprintf(path, sizeof path, "/proc/%ld/io", (long)pid);
+    if ((f = fopen(path, "re"))) {
+        char line[128];
+        while (fgets(line, sizeof line, f))
+            if (!strncmp(line, "rchar:", 6) || !strncmp(line, "wchar:", 6))
+                sum += strtoull(line + 6, NULL, 10);
+        fclose(f);
+    }
+    return sum;
+}
+
+typedef struct wwatch {
+    run     *R;
+    uint64_t last;            /* activity + beats when last seen changing */
+    int64_t  alive_ns;        /* ... then */
+    bool     stalled, stopped;
+    double   quiet_s;
+} wwatch;
+
+/* The coordinator, while the writer process works (fst__in_child_watched):
+ * a stop request is passed on to it (through the shared page), and obeyed
+ * within the graceful stop's deadline or the writer is killed; a writer
+ * showing no sign of life (progress callback, CPU time, bytes read or
+ * written; a process in an uninterruptible sleep counts as busy) for the
+ * stall floor is killed. Either way every pair stays in the journal. */
+static bool write_watch(void *ctx, pid_t pid)
+{
+    wwatch *ww = ctx;
+    run *R = ww->R;
+    int64_t now = fst__now_ns();
+    if (R->o->stop_fd >= 0) {
+        struct pollfd pf = {R->o->stop_fd, POLLIN, 0};
+        unsigned char sig[16];
+        ssize_t n = poll(&pf, 1, 0) > 0 ? read(R->o->stop_fd, sig, sizeof sig) : 0;
+        if (n > 0) {
+            R->st->signal = sig[n - 1];
+            R->wsh->stop = sig[n - 1];
+            if (!R->stop_deadline) {
+                R->stop_deadline = now + (int64_t)(stop_grace_s(R) * 1e9);
+                notice(R, "note: stopping: letting the writing of %s end, for at most %.0f s",
+                       R->o->output, stop_grace_s(R));
+            }
+        }
+    }
+    if (R->stop_deadline && now >= R->stop_deadline) {
+        notice(R, "note: stopping: the process writing %s (pid %ld) did not stop within "
+               "%.0f s: killing it", R->o->output, (long)pid, stop_grace_s(R));
+        ww->stopped = true;
+        return true;
+    }
+    char state;
+    uint64_t a = activity(pid, &state) + R->wsh->beats;
+    if (a != ww->last || state == 'D' || !ww->alive_ns) {
+        ww->last = a;
+        ww->alive_ns = now;
+        return false;
+    }
+    int64_t limit = stall_floor_ns(R);
+    if (now - ww->alive_ns < limit) return false;
+    ww->quiet_s = (double)(now - ww->alive_ns) / 1e9;
+    notice(R, "warning: the process writing %s (pid %ld) made no progress for %.1f s "
+           "(limit %.1f s): killing it (SIGKILL)", R->o->output, (long)pid, ww->quiet_s,
+           (double)limit / 1e9);
+    ww->stalled = true;
+    return true;
+}
+
 /* Write matches.h5 in a child process (fst__in_child). HDF5 1.10 does not
  * survive a failed write at close: the file stays half-closed and the
  * library's exit handler then crashes, or loops. The child ends with
@@ -1850,9 +2135,25 @@ static fst_status write_output(run *R)
     memset(&res, 0, sizeof res);
     char what[64 + PATH_MAX];
     snprintf(what, sizeof what, "writing %s", o->output);
-    fst_status s = fst__in_child(write_output_child, R, &res, sizeof res, what);
+    R->wsh = mmap(NULL, sizeof *R->wsh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                  -1, 0);
+    if (R->wsh == MAP_FAILED) {
+        R->wsh = NULL;
+        return fst__fail(FST_ENOMEM, "%s: shared page: %s", what, strerror(errno));
+    }
+    wwatch ww = {.R = R};
+    fst_status s = fst__in_child_watched(write_output_child, R, &res, sizeof res, what,
+                                         write_watch, &ww);
+    munmap(R->wsh, sizeof *R->wsh);
+    R->wsh = NULL;
     /* its temporary file, if it died before removing it */
     fst__remove_stale(o->output, ".tmp-", (const char *const[]){"", NULL}, false);
+    if (s == FST_ECHILD && ww.stopped)
+        return fst__fail(FST_EINTR, "%s: stopped", what);
+    if (s == FST_ECHILD && ww.stalled)
+        return fst__fail(FST_EIO, "%s: the process writing it made no progress for %.1f s "
+                         "and was killed; every pair is saved in %s: run the same command "
+                         "again to write it", what, ww.quiet_s, R->jpath);
     if (s == FST_ECHILD)              /* died: an I/O failure, as before */
         return fst__failpre(FST_EIO, "%s", "");
     if (res.peak_pss > R->st->peak_pss) R->st->peak_pss = res.peak_pss;
@@ -1877,6 +2178,7 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     memset(R, 0, sizeof *R);
     memset(stats, 0, sizeof *stats);
     stats->first_pair_ms = -1;
+    stats->verified = !o->no_verify;
     R->o = o;
     R->st = stats;
     R->t0 = fst__now_ns();

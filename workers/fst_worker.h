@@ -12,6 +12,8 @@
  * production):
  *   FST_TEST_CRASH_PAIR="name0 name1"  a worker abort()s when it is handed
  *                                      this pair (crash isolation tests);
+ *   FST_TEST_HANG_PAIR="name0 name1"   a worker stops itself (SIGSTOP) when
+ *                                      it is handed this pair (stall tests);
  *   FST_TEST_PAIR_DELAY_MS=N           a worker sleeps N ms per pair before
  *                                      matching (to kill things mid-run);
  *   FST_TEST_MATCH_LOG=PATH            a worker appends "name0 name1\n" to
@@ -21,6 +23,10 @@
  *                                      is in the list runs the CPU backend
  *                                      (and logs "cuda=<id>" after the pair),
  *                                      any other fails as a missing device.
+ *   FST_TEST_WRITER_STOP=1             read by the coordinator: the process
+ *                                      it forks to write matches.h5 stops
+ *                                      itself (SIGSTOP) before writing (the
+ *                                      writer's deadline tests).
  */
 #ifndef FST_WORKER_H
 #define FST_WORKER_H
@@ -214,6 +220,14 @@ typedef struct fst_run_opts {
     fst_run_progress_cb *progress;
     fst_run_notice_cb   *notice;
     void        *ctx;           /* passed to progress and notice */
+    bool        no_verify;      /* workers skip checking each image's XXH3
+                                   checksum the first time they read it */
+    double      stall_timeout_s;/* a worker with work that sends nothing for
+                                   max(this, 10 x the slowest per-pair time
+                                   seen x its pairs in hand) is killed and its
+                                   pairs requeued; also bounds the graceful
+                                   stop (at most min(this, 10 s)).
+                                   0: 60 s (cpu), 150 s (cuda) */
 } fst_run_opts;
 
 /* fst_run_opts_default() : hloc's NN-mutual, int16, auto device, no
@@ -268,6 +282,8 @@ typedef struct fst_run_stats {
     bool     output_written;
     fst_run_failure *failures;
     size_t   n_failures;
+    bool     verified;         /* workers checked each image's checksum */
+    uint32_t worker_stalls;    /* workers killed for making no progress */
 } fst_run_stats;
 
 /* fst_match_run() :
@@ -275,7 +291,9 @@ typedef struct fst_run_stats {
  * spawns and reaps its workers, and forks one child that writes matches.h5
  * (so that an HDF5 write failure cannot take the coordinator down);
  * everything it creates besides the output and the journal is removed
- * before it returns. Call it from a single-threaded process. *stats (zeroed first) is
+ * before it returns. Nothing it waits for waits without a deadline: a
+ * stalled worker or writer is killed (see stall_timeout_s), the graceful
+ * stop is bounded. Call it from a single-threaded process. *stats (zeroed first) is
  * filled as far as the run got; free it with fst_run_stats_free(). One run
  * per process at a time.
  * @return FST_OK: every pair done, output written, journal removed;
@@ -289,11 +307,11 @@ typedef struct fst_run_stats {
  *         FST_EEXIST: a journal from a run on other data (another store
  *           or query, or another copy of the store appended to
  *           separately: the detail names both identities) or with other
- *           parameters, or another run on the same output; two pairs with
- *           one matches.h5 key (fst_pairs_check_keys); an output holding
- *           features. A journal of the same data and parameters is resumed
- *           whatever the pairs file: the pairs it lists are reused
- *           (pairs_resumed), the others deleted from it (journal_stale);
+ *           parameters, or another run on the same output; two pairs with one matches.h5
+ *           key (fst_pairs_check_keys); an output holding features. A journal of
+ *           the same data and parameters is resumed whatever the pairs
+ *           file: the pairs it lists are reused (pairs_resumed), the
+ *           others deleted from it (journal_stale);
  *         FST_ENODEVICE: device asked for is not there;
  *         FST_EINVAL, FST_EFORMAT, FST_EIO, FST_EFULL, FST_ENOMEM...: the
  *           detail names the file or pair at fault. */

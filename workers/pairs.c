@@ -159,8 +159,10 @@ size_t fst_pair_key(const char *name0, const char *name1, char sep, char *buf, s
             if (n + 1 < len) buf[n] = sep;
             n++;
         }
-        for (; *s; s++, n++)
-            if (n + 1 < len) buf[n] = *s == '/' ? '-' : *s;
+        size_t m = strlen(s);
+        if (n + 1 < len)
+            fst__pair_key_part(s, m < len - 1 - n ? m : len - 1 - n, buf + n);
+        n += m;
     }
     if (len) buf[n < len ? n : len - 1] = '\0';
     return n;
@@ -210,7 +212,7 @@ fst_status fst_pairs_check_keys(const fst_pairs *p, const bool *skip)
             buf = b;
             cap = (n + 1) * 2;
         }
-        for (size_t i = 0; i < n; i++) buf[i] = nm[i] == '/' ? '-' : nm[i];
+        fst__pair_key_part(nm, n, buf);
         int added;
         FST_TRY(fst__strtab_intern(&parts, buf, n, &part[id], &added));
         shared |= !added;

@@ -224,7 +224,8 @@ fst_status fst__wconfig_encode(fst__buf *b, const fst__wconfig *c)
         (s = fst__msg_str(b, c->backend)) || (s = fst__msg_str(b, c->params)) ||
         (s = fst__msg_u32(b, c->mutual)) || (s = fst__msg_f64(b, c->ratio)) ||
         (s = fst__msg_f64(b, c->distance)) || (s = fst__msg_u32(b, c->index_size)) ||
-        (s = fst__msg_u32(b, c->chunk)) || (s = fst__msg_u32(b, c->slot)))
+        (s = fst__msg_u32(b, c->chunk)) || (s = fst__msg_u32(b, c->slot)) ||
+        (s = fst__msg_u32(b, c->verify)))
         return s;
     fst__msg_end(b, start);
     return FST_OK;
@@ -253,6 +254,7 @@ fst_status fst__wconfig_decode(fst__rd *r, fst__wconfig *c, char **strings)
     c->index_size = fst__rd_u32(r);
     c->chunk = fst__rd_u32(r);
     c->slot = fst__rd_u32(r);
+    c->verify = fst__rd_u32(r);
     if (r->bad || (c->index_size != 2 && c->index_size != 4)) {
         for (int k = 0; k < 4; k++) free(strings[k]);
         return fst__fail(FST_EFORMAT, "malformed worker configuration");

@@ -48,9 +48,14 @@ typedef struct wstate {
     size_t         mcap, scap;
     /* test hooks */
     char          *crash0, *crash1;
+    char          *hang0, *hang1;
     unsigned       delay_ms;
     int            logfd;
     char           fake_dev[32];  /* FST_TEST_FAKE_CUDA: the "GPU" */
+    /* images whose checksum this process has verified (cfg.verify), of the
+     * store and of the query store: each record is hashed once per worker,
+     * the first time it is read, not on every pair */
+    fst__strtab    verified, qverified;
 } wstate;
 
 static fst_status grow(void **p, size_t *cap, size_t want, size_t elsize, const char *what)
@@ -82,17 +87,23 @@ static fst_status grow_pairs(wstate *w, size_t n)
     return FST_OK;
 }
 
-static void read_hooks(wstate *w)
+static void hook_pair(const char *env, char **n0, char **n1)
 {
-    const char *c = getenv("FST_TEST_CRASH_PAIR");
+    const char *c = getenv(env);
     if (c && *c) {
         const char *sp = strpbrk(c, " \t");
         if (sp) {
-            w->crash0 = strndup(c, (size_t)(sp - c));
+            *n0 = strndup(c, (size_t)(sp - c));
             while (*sp == ' ' || *sp == '\t') sp++;
-            w->crash1 = strdup(sp);
+            *n1 = strdup(sp);
         }
     }
+}
+
+static void read_hooks(wstate *w)
+{
+    hook_pair("FST_TEST_CRASH_PAIR", &w->crash0, &w->crash1);
+    hook_pair("FST_TEST_HANG_PAIR", &w->hang0, &w->hang1);
     const char *d = getenv("FST_TEST_PAIR_DELAY_MS");
     if (d && *d) w->delay_ms = (unsigned)strtoul(d, NULL, 10);
     const char *l = getenv("FST_TEST_MATCH_LOG");
@@ -187,6 +198,22 @@ static void log_match(wstate *w, const wpair *p)
     if (n > 0 && (size_t)n < sizeof line && write(w->logfd, line, (size_t)n) < 0) {}
 }
 
+/* Image `name` from rd, its checksum verified the first time this worker
+ * reads it (cfg.verify): a record is immutable once written (an append
+ * adds records, never rewrites one), so once is enough. A corrupt record is
+ * not remembered: every pair naming it fails with the store's detail. */
+static fst_status get_image(wstate *w, fst_reader *rd, fst__strtab *seen,
+                            const char *name, fst_view *out)
+{
+    size_t n = strlen(name);
+    if (!w->cfg.verify || fst__strtab_find(seen, name, n) != UINT32_MAX)
+        return fst_reader_get(rd, name, out);
+    fst_status s = fst_reader_get_verified(rd, name, out);
+    uint32_t id;
+    if (s == FST_OK) s = fst__strtab_intern(seen, name, n, &id, NULL);
+    return s;
+}
+
 /* Match pairs [b, e) of the batch; send their results. */
 static fst_status run_chunk(wstate *w, uint32_t batch, fst_reader *rd, fst_reader *qrd,
                             size_t b, size_t e)
@@ -206,11 +233,17 @@ static fst_status run_chunk(wstate *w, uint32_t batch, fst_reader *rd, fst_reade
             if (!strcmp(w->names + w->pairs[k].off0, w->crash0) &&
                 !strcmp(w->names + w->pairs[k].off1, w->crash1))
                 crash_now();
+    if (w->hang0 && w->hang1)
+        for (size_t k = b; k < e; k++)
+            if (!strcmp(w->names + w->pairs[k].off0, w->hang0) &&
+                !strcmp(w->names + w->pairs[k].off1, w->hang1))
+                raise(SIGSTOP);          /* test: a worker that hangs on a pair */
     for (size_t k = b; k < e; k++) {
         const wpair *p = &w->pairs[k];
         const char *n0 = w->names + p->off0, *n1 = w->names + p->off1;
-        fst_status g = fst_reader_get(qrd ? qrd : rd, n0, &w->va[nj]);
-        if (g == FST_OK) g = fst_reader_get(rd, n1, &w->vb[nj]);
+        fst_status g = qrd ? get_image(w, qrd, &w->qverified, n0, &w->va[nj])
+                           : get_image(w, rd, &w->verified, n0, &w->va[nj]);
+        if (g == FST_OK) g = get_image(w, rd, &w->verified, n1, &w->vb[nj]);
         if (g != FST_OK) {
             char d[1100];
             snprintf(d, sizeof d, "%s", fst_errdetail());
@@ -426,6 +459,9 @@ out:
     free(w.pairs); free(w.va); free(w.vb); free(w.jobs); free(w.outs); free(w.jpair);
     free(w.names); free(w.mbuf); free(w.sbuf);
     free(w.crash0); free(w.crash1);
+    free(w.hang0); free(w.hang1);
+    fst__strtab_free(&w.verified);
+    fst__strtab_free(&w.qverified);
     if (w.logfd >= 0) close(w.logfd);
     return s;
 }

@@ -62,6 +62,8 @@ typedef struct fst__wconfig {
     uint32_t    chunk;        /* pairs per fst_backend_match_batch call
                                  (0: the whole batch) */
     uint32_t    slot;         /* the worker's number, for messages */
+    uint32_t    verify;       /* 1: check each image's checksum the first
+                                 time this worker reads it */
 } fst__wconfig;
 
 /* A growing byte buffer: messages are built here and read from here. */
@@ -201,6 +203,15 @@ typedef enum fst__identity_verdict {
  * @return FST_OK with *out set; FST_EIO / FST_ECORRUPT... opening it. */
 fst_status fst__identity_check(const char *path, const char *old, const char *now,
                                fst__identity_verdict *out);
+
+/* ---- deadlines (coordinator.c) ---- */
+
+/* fst__stall_limit_ns() :
+ * How long a worker matching `pairs` pairs at once may send nothing before
+ * it counts as stalled: max(floor_ns, 10 x pair_ns_max x pairs), the
+ * slowest per-pair time seen in the run; saturates instead of overflowing
+ * (pairs 0 counts as 1). Pure. */
+int64_t fst__stall_limit_ns(int64_t floor_ns, int64_t pair_ns_max, uint32_t pairs);
 
 /* ---- time ---- */
 int64_t fst__now_ns(void);   /* CLOCK_MONOTONIC */

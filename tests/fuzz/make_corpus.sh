@@ -11,6 +11,9 @@
 #   corpus/matchfile/  make_seeds.py + a matches.h5 from `featstore match`
 #   corpus/pairs/      make_seeds.py
 #   corpus/proto/      make_seeds.py (coordinator <-> worker message streams)
+#   corpus/weights/    the weight files of tests/weights/data/ (torch zip and
+#                      legacy, zip64, safetensors, refused pickles), written
+#                      by tests/weights/make_weights.py
 #
 # To fold in what a long fuzzing run found (FST_FUZZ_WORK=DIR run_fuzz.sh),
 # minimise with libFuzzer and keep the corpus small (a few dozen files):
@@ -36,4 +39,6 @@ cp "$T/p.txt" "$C/pairs/synth.txt"
 "$F" import "$T/f.h5" "$T/db.fst" --quiet
 "$F" match "$T/db.fst" "$T/p.txt" -o "$C/matchfile/featstore.h5" \
     --workers 1 --device cpu --quiet
+mkdir -p "$C/weights"
+cp "$HERE"/../weights/data/*.pth "$HERE"/../weights/data/*.safetensors "$C/weights/"
 for d in "$C"/*; do echo "$(basename "$d"): $(ls "$d" | wc -l) files, $(du -sk "$d" | cut -f1) kB"; done

@@ -33,6 +33,20 @@ command as a user would ($FEATSTORE), and reads the output the way hloc does
   pairs_changed     pairs file edited after an interruption: journaled pairs
                     reused by name, the others discarded and counted
   counts            every count of the summary (text and --json) against the run
+  corrupt_record    4 bytes of one image's descriptors overwritten in the
+                    store: its pairs fail naming image and store, the rest is
+                    written, a re-run retries only those; --no-verify says so
+  stall             SIGSTOP one of two workers: killed after --stall-timeout,
+                    its pairs redone, the output identical
+  hang_pair         a pair that hangs every worker it is handed to
+                    (FST_TEST_HANG_PAIR): killed at each stall, isolated after
+                    four, reported; the rest written; the next run retries it
+  stop_stalled      SIGSTOP every worker, then SIGTERM: exit 143 within the
+                    stop deadline, the journal resumes to the identical file
+  writer_stall      the process writing matches.h5 stopped (FST_TEST_WRITER_STOP):
+                    killed after --stall-timeout (exit 1), or after the stop
+                    deadline once SIGTERM came (exit 143); the journal keeps
+                    every pair and the next run writes the identical file
   shard             --shard K/N and Slurm's environment: parts, summary, --json
   merge             featstore merge: parts = a single run, byte for byte; parts
                     of other runs, missing, duplicate and failed shards refused
@@ -1200,6 +1214,266 @@ def case_counts(w):
           pairs_written=5, pairs_existing=0, journal_stale=0)
     assert f"{js1['pairs']} resumed from the journal" in r.stderr, r.stderr
     assert_same_output(out2, out)
+def corrupt_store(store, desc, at=None, new=b"\x00\x7c\x00\x7c"):
+    """Overwrite 4 bytes inside the descriptor block `desc` (N x D float16,
+    as the store holds it) of a store file, found by its bytes. Returns the
+    old bytes and where they were, to put them back."""
+    blob = desc.astype(np.float16).tobytes()
+    with open(store, "r+b") as f:
+        data = f.read()
+        off = data.find(blob)
+        assert off >= 0 and data.find(blob, off + 1) < 0, "descriptor block not found once"
+        off += len(blob) // 2 & ~3 if at is None else at
+        old = data[off:off + 4]
+        assert old != new
+        f.seek(off)
+        f.write(new)
+    return off, old
+
+
+def put_back(store, off, old):
+    with open(store, "r+b") as f:
+        f.seek(off)
+        f.write(old)
+
+
+def case_corrupt_record(w):
+    h5, store, feats, imgs = dataset(w, n_images=10, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False)
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref)
+    bad = names[4]
+    nbad = sum(bad in p for p in expect)
+    assert 0 < nbad < len(expect)
+    off, old = corrupt_store(store, imgs[bad].T)
+    r = run(["verify", store], expect=1)
+    assert bad in r.stdout + r.stderr, r
+    # the corrupt image's pairs fail by name; the others are matched and written
+    out = w.p("m.h5")
+    js, r = match(store, pairs, out, "--workers", "2", expect=1)
+    assert js["status"] == "failed_pairs" and js["verify"] is True, js
+    assert js["pairs_failed"] == nbad and js["pairs"] == len(expect) - nbad, js
+    for f in js["failures"]:
+        assert bad in (f["name0"], f["name1"]) and f["status"] == "ECORRUPT", f
+        assert store in f["detail"] and f"image '{bad}'" in f["detail"], f
+        assert "checksum" in f["detail"], f
+    assert f"image '{bad}'" in r.stderr and store in r.stderr, r.stderr
+    keys = pair_keys(out)
+    good = [p for p in expect if bad not in p]
+    assert keys == {hloc_io.names_to_pair(*p) for p in good}, keys
+    cref, cout = h5_content(ref), h5_content(out)
+    for k in cout:
+        assert cout[k] == cref[k], k
+    assert not os.path.exists(out + ".journal")
+    # the same command retries only the failed pairs (still corrupt: same end)
+    js, _ = match(store, pairs, out, expect=1)
+    assert js["pairs_todo"] == nbad and js["pairs_existing"] == len(expect) - nbad, js
+    assert js["pairs_failed"] == nbad and js["pairs"] == 0, js
+    # --no-verify: matched as it is, and the summary says so
+    nv = w.p("nv.h5")
+    js, _ = match(store, pairs, nv, "--no-verify")
+    assert js["status"] == "ok" and js["verify"] is False, js
+    r = run(["match", store, pairs, "-o", w.p("nv2.h5"), "--no-verify"])
+    assert "checksums not verified (--no-verify)" in r.stdout, r.stdout
+    # repaired: the re-run matches just those pairs; the file is the clean one
+    put_back(store, off, old)
+    run(["verify", store])
+    js, _ = match(store, pairs, out)
+    assert js["pairs"] == nbad and js["pairs_failed"] == 0, js
+    assert_same_output(out, ref)
+
+
+def finish(p, timeout):
+    """communicate(), or kill the run's process group and fail (a hang)."""
+    try:
+        return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for k in caselib.children(p.pid):
+            os.kill(k, signal.SIGKILL)
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"the run did not end within {timeout} s: {err[-2000:]}")
+
+
+def case_stall(w):
+    h5, store, feats, imgs = dataset(w, n_images=12, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False, step=(1, 2, 3, 4, 5))
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref, "--workers", "1")
+    out = w.p("m.h5")
+    lg = w.p("log.txt")
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json", "--quiet",
+               "--stall-timeout", "2"], slow_env(lg, ms=40))
+    wait_lines(lg, 6, p)
+    kids = caselib.children(p.pid)
+    assert len(kids) == 2, kids
+    t0 = time.time()
+    os.kill(kids[0], signal.SIGSTOP)
+    stdout, stderr = finish(p, 60)
+    took = time.time() - t0
+    clean(stderr, "stall")
+    assert p.returncode == 0, (p.returncode, stderr)
+    js = json.loads(stdout.strip().splitlines()[-1])
+    assert js["worker_stalls"] >= 1 and js["worker_restarts"] >= 1, js
+    assert js["pairs"] == len(expect) and js["pairs_failed"] == 0, js
+    assert f"(pid {kids[0]}) made no progress for" in stderr, stderr
+    assert "killing it (SIGKILL)" in stderr and "back to the queue" in stderr, stderr
+    assert took < 30, took
+    assert gone(kids[0])
+    assert_same_output(out, ref)
+    assert leftovers(w, out) == ["m.h5"]
+    for bad in ("0", "-1", "x", "1e9"):
+        r = run(["match", store, pairs, "-o", w.p("u.h5"), "--stall-timeout", bad], expect=2)
+        assert "--stall-timeout" in r.stderr, r.stderr
+
+
+def case_hang_pair(w):
+    h5, store, feats, imgs = dataset(w, n_images=10, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False)
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref)
+    bad = expect[len(expect) // 2]
+    out = w.p("m.h5")
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json",
+               "--stall-timeout", "1"], {"FST_TEST_HANG_PAIR": f"{bad[0]} {bad[1]}"})
+    stdout, stderr = finish(p, 90)
+    clean(stderr, "hang_pair")
+    assert p.returncode == 1, (p.returncode, stderr)
+    js = json.loads(stdout.strip().splitlines()[-1])
+    # one stall is not enough to blame a pair: it takes four, alone
+    assert js["worker_stalls"] >= 4, js
+    assert js["status"] == "failed_pairs" and js["pairs_failed"] == 1, js
+    f = js["failures"][0]
+    assert (f["name0"], f["name1"]) == bad and f["status"] == "ECHILD", f
+    assert "isolated" in f["detail"] and "stalled" in f["detail"], f
+    assert js["pairs"] == len(expect) - 1 and js["output_written"], js
+    assert stderr.count("made no progress") == js["worker_stalls"], stderr
+    # the same command without the hook: only that pair is matched
+    js, _ = match(store, pairs, out)
+    assert js["pairs"] == 1 and js["pairs_existing"] == len(expect) - 1, js
+    assert_same_output(out, ref)
+
+
+def case_stop_stalled(w):
+    h5, store, feats, imgs = dataset(w, n_images=12, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False, step=(1, 2, 3, 4, 5))
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref)
+    out = w.p("m.h5")
+    lg = w.p("log.txt")
+    # the default stall limit (60 s) stays out of the way: the stop's own
+    # deadline (10 s) ends this run
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json"],
+              slow_env(lg, ms=40))
+    wait_lines(lg, 6, p)
+    time.sleep(0.3)                    # a journal commit (250 ms) holds some pairs
+    kids = caselib.children(p.pid)
+    assert len(kids) == 2, kids
+    for k in kids:
+        os.kill(k, signal.SIGSTOP)
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = finish(p, 40)
+    took = time.time() - t0
+    clean(stderr, "stop_stalled")
+    assert p.returncode == 143, (p.returncode, stderr)
+    assert took < 10 + 8, took
+    assert "for at most 10 s" in stderr and "did not finish within 10 s" in stderr, stderr
+    js = json.loads(stdout.strip().splitlines()[-1])
+    assert js["status"] == "interrupted" and js["signal"] == signal.SIGTERM, js
+    assert 0 < js["pairs"] < len(expect), js
+    t1 = time.time()
+    while not all(gone(k) for k in kids):
+        assert time.time() - t1 < 10, f"workers {kids} outlived the run"
+        time.sleep(0.02)
+    assert not os.path.exists(out) and os.path.exists(out + ".journal")
+    js2, _ = match(store, pairs, out)
+    assert js2["pairs_resumed"] == js["pairs"], (js, js2)
+    assert js2["pairs_resumed"] + js2["pairs"] == len(expect), js2
+    with open(out, "rb") as a, open(ref, "rb") as b:
+        assert a.read() == b.read(), "resumed output not byte-identical"
+    assert leftovers(w, out) == ["m.h5"]
+
+
+def stopped_child(pid, timeout=60):
+    """Wait for a child of `pid` in state T (stopped); its pid."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for k in caselib.children(pid, live_only=True):
+            try:
+                with open(f"/proc/{k}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            if st[st.rindex(")") + 2] == "T":
+                return k
+        time.sleep(0.02)
+    raise AssertionError(f"no stopped child of {pid} after {timeout} s")
+
+
+def case_writer_stall(w):
+    h5, store, feats, imgs = dataset(w, n_images=10, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False)
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    ref = w.p("ref.h5")
+    match(store, pairs, ref)
+    hook = {"FST_TEST_WRITER_STOP": "1"}
+    # a stalled writer is killed after the stall limit: exit 1, journal kept
+    out = w.p("m.h5")
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json",
+               "--stall-timeout", "2"], hook)
+    kid = stopped_child(p.pid)
+    t0 = time.time()
+    stdout, stderr = finish(p, 60)
+    took = time.time() - t0
+    clean(stderr, "writer_stall")
+    assert p.returncode == 1, (p.returncode, stderr)
+    assert took < 2 + 8, took
+    assert f"writing {out} (pid {kid}) made no progress" in stderr, stderr
+    assert "run the same command again" in stderr, stderr
+    js = json.loads(stdout.strip().splitlines()[-1])
+    assert js["pairs"] == len(expect) and not js["output_written"], js
+    assert gone(kid)
+    assert leftovers(w, out) == ["m.h5.journal", "m.h5.journal-lock"], leftovers(w, out)
+    js, _ = match(store, pairs, out)
+    assert js["pairs_resumed"] == len(expect) and js["pairs"] == 0, js
+    with open(out, "rb") as a, open(ref, "rb") as b:
+        assert a.read() == b.read(), "output not byte-identical"
+    assert leftovers(w, out) == ["m.h5"]
+    # SIGTERM while the writer is stopped: exit 143 within the stop deadline
+    out = w.p("m2.h5")
+    p = start(["match", store, pairs, "-o", out, "--workers", "2", "--json"], hook)
+    kid = stopped_child(p.pid)
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = finish(p, 60)
+    took = time.time() - t0
+    clean(stderr, "writer_stall")
+    assert p.returncode == 143, (p.returncode, stderr)
+    assert took < 10 + 8, took
+    assert "did not stop within 10 s" in stderr, stderr
+    js = json.loads(stdout.strip().splitlines()[-1])
+    assert js["status"] == "interrupted" and js["signal"] == signal.SIGTERM, js
+    assert gone(kid)
+    assert leftovers(w, out) == ["m2.h5.journal", "m2.h5.journal-lock"], leftovers(w, out)
+    js, _ = match(store, pairs, out)
+    assert js["pairs_resumed"] == len(expect), js
+    with open(out, "rb") as a, open(ref, "rb") as b:
+        assert a.read() == b.read(), "resumed output not byte-identical"
 
 
 NO_SLURM = {k: "" for k in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN",
