@@ -726,6 +726,129 @@ FST_TEST(matchfile_write_and_list)
     unlink(out);
 }
 
+/* A part of a sharded run: the pairs (a_i, b_i) of `names` into `path`
+ * with the root attributes a `match --shard k/n` run writes; `over`
+ * replaces one attribute (name, value) or is NULL. */
+static void write_part(const char *path, const char *const *names, int npairs, unsigned k,
+                       unsigned n, const char *const *over)
+{
+    const char *jp = tmp_path("part.journal");
+    fst_journal_remove(jp);
+    fst_journal *j = NULL;
+    if (fst_journal_open(jp, FST_JOURNAL_CREATE, &j)) abort();
+    int16_t m[20];
+    uint16_t s[20];
+    char key[256], shard[16], cnt[16];
+    for (int i = 0; i < npairs; i++) {
+        fst_journal_rec r = rec_of(names[2 * i], names[2 * i + 1], 10 + (uint32_t)i, m, s);
+        fst_pair_key(names[2 * i], names[2 * i + 1], '/', key, sizeof key);
+        if (fst_journal_put(j, key, &r)) abort();
+    }
+    if (fst_journal_commit(j)) abort();
+    snprintf(shard, sizeof shard, "%u/%u", k, n);
+    snprintf(cnt, sizeof cnt, "%d", npairs);
+    const char *kv[] = {"featstore_shard", shard, "featstore_store", "id=ab generation=1",
+                        "featstore_query", "", "featstore_pairs", "list=1234 pairs=4",
+                        "featstore_params", "mutual=1\noverwrite=0\n",
+                        "featstore_shard_pairs", cnt, "featstore_failed", "0", NULL};
+    for (int i = 0; over && kv[i]; i += 2)
+        if (!strcmp(kv[i], over[0])) kv[i + 1] = over[1];
+    fst_matchfile_opts mo = {.attrs = kv};
+    unlink(path);
+    if (fst_matchfile_write(path, j, &mo, NULL)) abort();
+    fst_journal_close(j);
+    fst_journal_remove(jp);
+}
+
+FST_TEST(merge_joins_parts_and_refuses_what_is_not_one_run)
+{
+    static const char *const all[] = {"a.jpg", "b.jpg", "a.jpg", "c.jpg", "db/x.jpg", "a.jpg",
+                                      "db/x.jpg", "b.jpg"};
+    char p0[512], p1[512], out[512], whole[512], m2[512];   /* tmp_path reuses its buffers */
+    snprintf(p0, sizeof p0, "%s", tmp_path("p0.h5"));
+    snprintf(p1, sizeof p1, "%s", tmp_path("p1.h5"));
+    snprintf(out, sizeof out, "%s", tmp_path("merged.h5"));
+    snprintf(whole, sizeof whole, "%s", tmp_path("whole.h5"));
+    snprintf(m2, sizeof m2, "%s", tmp_path("m2.h5"));
+    write_part(p0, all, 2, 0, 2, NULL);
+    write_part(p1, all + 4, 2, 1, 2, NULL);
+    write_part(whole, all, 4, 0, 1, NULL);     /* the single run's pairs, in one file */
+    unlink(out);
+    uint64_t n = 0;
+    const char *parts[] = {p1, p0};
+    ASSERT_OK(fst_matchfile_merge(out, parts, 2, NULL, &n));
+    ASSERT_EQ(n, 4);
+    keys_ctx k = {""}, kw = {""};
+    ASSERT_OK(fst_matchfile_keys(out, key_cb, &k));
+    ASSERT_OK(fst_matchfile_keys(whole, key_cb, &kw));
+    ASSERT_STREQ(k.buf, kw.buf);
+    char *v = NULL;
+    ASSERT_OK(fst_matchfile_attr(out, "featstore_shard", &v));
+    ASSERT_TRUE(v == NULL);                      /* a merged file is no part */
+    int32_t *m0 = NULL;
+    float *sc = NULL;
+    uint32_t n0 = 0;
+    int rev = 0;
+    ASSERT_OK(fst_matchfile_get(out, "db/x.jpg", "b.jpg", &m0, &sc, &n0, &rev));
+    ASSERT_EQ(n0, 11);                           /* part 1 wrote it second: 10 + 1 keypoints */
+    free(m0);
+    free(sc);
+    unlink(out);
+
+    /* refused, nothing written, the detail names what is wrong */
+    struct {
+        const char *const *parts;
+        size_t n;
+        const char *over[2];
+        const char *want;
+    } bad[] = {
+        {(const char *[]){p0}, 1, {NULL, NULL}, "missing shard 1 of 2"},
+        {(const char *[]){p0, p0, p1}, 3, {NULL, NULL}, "are both shard 0/2"},
+        {(const char *[]){p0, p1}, 2, {"featstore_store", "id=cd generation=1"},
+         "their store differ ('id=ab generation=1' vs 'id=cd generation=1')"},
+        {(const char *[]){p0, p1}, 2, {"featstore_params", "mutual=0\noverwrite=0\n"},
+         "matcher settings differ ('mutual=1' vs 'mutual=0')"},
+        {(const char *[]){p0, p1}, 2, {"featstore_pairs", "list=9999 pairs=4"}, "pair list"},
+        {(const char *[]){p0, p1}, 2, {"featstore_failed", "2"},
+         "(shard 1/2) is incomplete: 2 pairs failed"},
+        {(const char *[]){p0, p1}, 2, {"featstore_shard_pairs", "3"},
+         "holds 2 pairs, its shard 3"},
+        {(const char *[]){p0, p1}, 2, {"featstore_shard", "1/3"}, "parts of different splits"},
+        {(const char *[]){p0, whole}, 2, {NULL, NULL}, "parts of different splits"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (bad[i].over[0]) write_part(p1, all + 4, 2, 1, 2, bad[i].over);
+        fst_status s = fst_matchfile_merge(out, bad[i].parts, bad[i].n, NULL, &n);
+        if (s == FST_OK) printf("# case %zu merged\n", i);
+        ASSERT_EQ(s, FST_EINVAL);
+        ASSERT_CONTAINS(fst_errdetail(), bad[i].want);
+        ASSERT_CONTAINS(fst_errdetail(), "nothing written");
+        struct stat sb;
+        ASSERT_TRUE(stat(out, &sb) != 0);
+        if (bad[i].over[0]) write_part(p1, all + 4, 2, 1, 2, NULL);
+    }
+    /* overwrite= is not a result setting: a part run with --overwrite joins */
+    const char *ow[2] = {"featstore_params", "mutual=1\noverwrite=1\n"};
+    write_part(p1, all + 4, 2, 1, 2, ow);
+    ASSERT_OK(fst_matchfile_merge(out, parts, 2, NULL, &n));
+    /* a plain matches.h5 is not a part; the output may not be a part */
+    ASSERT_STATUS(fst_matchfile_merge(m2, (const char *[]){p0, out}, 2, NULL, &n),
+                  FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "is not a part of a sharded run");
+    ASSERT_STATUS(fst_matchfile_merge(p0, (const char *[]){p0, p1}, 2, NULL, &n), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "is the part");
+    /* a pair in two parts */
+    write_part(p1, all + 2, 2, 1, 2, NULL);
+    unlink(out);
+    ASSERT_STATUS(fst_matchfile_merge(out, parts, 2, NULL, &n), FST_EEXIST);
+    ASSERT_CONTAINS(fst_errdetail(), "a.jpg/c.jpg is in two parts");
+    struct stat sb;
+    ASSERT_TRUE(stat(out, &sb) != 0);
+    unlink(p0);
+    unlink(p1);
+    unlink(whole);
+}
+
 /* ---- a whole run, in process, against the kernel's own results ---- */
 
 static uint64_t rng_state = 88172645463325252ULL;
