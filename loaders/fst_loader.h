@@ -173,6 +173,12 @@ typedef struct fst_matchfile_opts {
                                         as hloc appends to its file */
     fst_progress_cb *progress;       /* may be NULL; non-zero stops */
     void            *progress_ctx;
+    const char *const *attrs;        /* NULL, or name, value, ..., NULL:
+                                        string attributes of the root group
+                                        (a part's record, `match --shard`).
+                                        The featstore_* attributes of an
+                                        existing dest are removed first
+                                        either way. */
 } fst_matchfile_opts;
 
 /* fst_matchfile_write() :
@@ -204,6 +210,40 @@ fst_status fst_matchfile_write(const char *dest, fst_journal *j,
 fst_status fst_matchfile_get(const char *path, const char *name0,
                              const char *name1, int32_t **matches0,
                              float **scores0, uint32_t *n0, int *reversed);
+
+/* fst_matchfile_merge() :
+ * Join the parts of a sharded match run (`featstore match --shard K/N`,
+ * one file per shard; their root attributes record what produced them)
+ * into `dest`: the matches.h5 a single run over the whole pairs file
+ * writes, the same groups, data and layout. Every part is read and checked
+ * before anything is written. Refused (FST_EINVAL, nothing written, the
+ * detail names the parts at fault): a file that is not a part; parts of
+ * different runs (another store or query identity, pair list, matcher
+ * settings or number of shards: the detail names both parts and what
+ * differs); two parts of one shard; missing shards (listed); a part whose
+ * run had failed pairs or that does not hold exactly its shard's pairs;
+ * `dest` being one of the parts. A pair in two parts is FST_EEXIST. The
+ * work goes through `<dest>.merge-<pid>.journal` (removed at the end, and
+ * when a later merge finds it left by a dead process) and
+ * fst_matchfile_write() (temporary file, fsync, rename): `dest` is its old
+ * content or the complete merge, never a partial file. An existing `dest`
+ * is replaced, unless it holds features (FST_EEXIST). Only opts->progress
+ * and progress_ctx are used (opts may be NULL). *n_written (may be NULL)
+ * gets the number of pairs written.
+ * @return FST_OK; FST_EINVAL; FST_EEXIST; FST_EFORMAT (a part is not HDF5
+ *         or its pairs are malformed: the detail names file and group);
+ *         FST_EIO; FST_EFULL; FST_EINTR (progress asked to stop);
+ *         FST_ENOMEM. */
+fst_status fst_matchfile_merge(const char *dest, const char *const *parts,
+                               size_t nparts, const fst_matchfile_opts *opts,
+                               uint64_t *n_written);
+
+/* fst_matchfile_attr() :
+ * The string attribute `name` of the root group of `path` (a part's
+ * record, e.g. "featstore_shard") into *value (malloc'd, the caller frees),
+ * or *value = NULL if it has none.
+ * @return FST_OK; FST_EIO; FST_EFORMAT (not HDF5, not a string). */
+fst_status fst_matchfile_attr(const char *path, const char *name, char **value);
 
 /* ==== end of matchfile section ==== */
 

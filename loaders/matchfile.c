@@ -373,6 +373,78 @@ out:
     return s;
 }
 
+/* ---- a part's root attributes (featstore match --shard) ---- */
+
+typedef struct attr_names {
+    char **v;
+    size_t n, cap;
+    bool   oom;
+} attr_names;
+
+static herr_t collect_featstore(hid_t loc, const char *name, const H5A_info_t *info, void *data)
+{
+    (void)loc;
+    (void)info;
+    attr_names *a = data;
+    if (strncmp(name, "featstore_", 10) != 0) return 0;
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 16;
+        char **v = realloc(a->v, cap * sizeof *v);
+        if (!v) { a->oom = true; return -1; }
+        a->v = v;
+        a->cap = cap;
+    }
+    if (!(a->v[a->n] = strdup(name))) { a->oom = true; return -1; }
+    a->n++;
+    return 0;
+}
+
+/* Remove the featstore_* attributes of the root (an earlier part's record
+ * in a file this run rewrites), then write kv (name, value, ..., NULL) as
+ * variable-length UTF-8 strings, as h5py writes a str. */
+static fst_status write_attrs(writer *w, const char *const *kv)
+{
+    fst_status s = FST_OK;
+    attr_names an = {0};
+    hid_t root = H5Gopen2(w->file, "/", H5P_DEFAULT), st = H5I_INVALID_HID,
+          sp = H5I_INVALID_HID;
+    if (root < 0) return fst__h5_fail(FST_EIO, "%s: cannot open the root group", w->dest);
+    if (H5Aiterate2(root, H5_INDEX_NAME, H5_ITER_INC, NULL, collect_featstore, &an) < 0) {
+        s = an.oom ? fst__fail(FST_ENOMEM, "%s: attributes", w->dest)
+                   : fst__h5_fail(FST_EFORMAT, "%s: cannot list the root's attributes", w->dest);
+        goto out;
+    }
+    for (size_t i = 0; i < an.n; i++)
+        if (H5Adelete(root, an.v[i]) < 0) {
+            s = fst__h5_fail(FST_EIO, "%s: cannot delete attribute %s", w->dest, an.v[i]);
+            goto out;
+        }
+    st = H5Tcopy(H5T_C_S1);
+    sp = H5Screate(H5S_SCALAR);
+    if (st < 0 || sp < 0 || H5Tset_size(st, H5T_VARIABLE) < 0 ||
+        H5Tset_cset(st, H5T_CSET_UTF8) < 0) {
+        s = fst__h5_fail(FST_ENOMEM, "%s: string type", w->dest);
+        goto out;
+    }
+    for (size_t i = 0; kv && kv[i]; i += 2) {
+        hid_t a = H5Acreate2(root, kv[i], st, sp, H5P_DEFAULT, H5P_DEFAULT);
+        const char *v = kv[i + 1] ? kv[i + 1] : "";
+        herr_t rc = a < 0 ? -1 : H5Awrite(a, st, &v);
+        if (a >= 0) H5Aclose(a);
+        if (rc < 0) {
+            s = fst__h5_fail(FST_EIO, "%s: cannot write attribute %s", w->dest, kv[i]);
+            goto out;
+        }
+    }
+out:
+    for (size_t i = 0; i < an.n; i++) free(an.v[i]);
+    free(an.v);
+    if (st >= 0) H5Tclose(st);
+    if (sp >= 0) H5Sclose(sp);
+    H5Gclose(root);
+    return s;
+}
+
 static fst_status copy_file(const char *from, const char *to)
 {
     fst_status s = FST_OK;
@@ -483,6 +555,7 @@ fst_status fst_matchfile_write(const char *dest, fst_journal *j,
     if (j) FST_TRY(fst_journal_foreach(j, FST_JOURNAL_VERIFY, write_pair, &w));
     if (w.parent >= 0) H5Gclose(w.parent);
     w.parent = H5I_INVALID_HID;
+    if (w.existing || (opts && opts->attrs)) FST_TRY(write_attrs(&w, opts ? opts->attrs : NULL));
     if (H5Fflush(w.file, H5F_SCOPE_GLOBAL) < 0) {
         s = fst__h5_fail(FST_EIO, "%s: flushing %s", dest, tmp);
         goto out;

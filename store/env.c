@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 /* Files this process writes through an LMDB environment (APPEND, raw). */
@@ -205,6 +206,31 @@ fst_status fst__lock_prealloc(const char *file, unsigned maxreaders)
     return fst__fail_io(rc, lock, 0, "%s: allocating the lock file", lock);
 }
 
+/* File systems shared over a network, by statfs(2) f_type: LMDB's lock
+ * file (a shared mapping plus POSIX locks) does not work across their
+ * clients. The kernels' and vendors' magic numbers. */
+static const struct { unsigned long magic; const char *name; } network_fs[] = {
+    {0x6969UL, "NFS"},          {0x0BD00BD0UL, "Lustre"},   {0x47504653UL, "GPFS"},
+    {0x19830326UL, "BeeGFS"},   {0x00C36400UL, "CephFS"},   {0xFF534D42UL, "CIFS"},
+    {0xFE534D42UL, "SMB2"},     {0x517BUL, "SMB"},          {0x5346414FUL, "AFS"},
+    {0x6B414653UL, "AFS"},      {0xAAD7AAEAUL, "PanFS"},    {0x20030528UL, "OrangeFS"},
+    {0x013111A8UL, "IBRIX"},    {0x7461636FUL, "OCFS2"},    {0x01161970UL, "GFS2"},
+};
+
+const char *fst__network_fs_name(unsigned long magic)
+{
+    for (size_t i = 0; i < sizeof network_fs / sizeof network_fs[0]; i++)
+        if (network_fs[i].magic == (magic & 0xFFFFFFFFUL)) return network_fs[i].name;
+    return NULL;
+}
+
+const char *fst__network_fs(const char *path)
+{
+    struct statfs sf;
+    if (statfs(path, &sf) != 0) return NULL;     /* the open says what is wrong */
+    return fst__network_fs_name((unsigned long)sf.f_type);
+}
+
 /* FST_NO_LOCK in the environment, set and not "0": every store opens as
  * with FST_OPEN_NOLOCK (how `--no-lock` reaches match's workers). */
 static bool nolock_asked(unsigned flags)
@@ -284,7 +310,7 @@ static fst_status env_open(const char *path, const struct stat *sb,
     sh->pid = getpid();
     sh->refs = 1;
     sh->flockfd = -1;
-    sh->nolock = nolock_asked(flags);
+    sh->nolock = nolock_asked(flags) || fst__network_fs(path);
     if (!sh->nolock) {
         bool usable;
         FST_TRY(fst__lock_usable(path, &usable, NULL));

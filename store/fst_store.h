@@ -86,7 +86,10 @@ enum {
  * not complete. O(1): reads the metadata, scans nothing.
  * `flags`: 0, or FST_OPEN_CHECKSUMS and/or FST_OPEN_NOLOCK.
  * Without the lock file: when FST_OPEN_NOLOCK is given, or the environment
- * variable FST_NO_LOCK is set (to anything but "" or "0"), or the lock file
+ * variable FST_NO_LOCK is set (to anything but "" or "0"), or the store is
+ * on a network file system (statfs(2): NFS, Lustre, GPFS, BeeGFS, CephFS,
+ * CIFS/SMB, AFS, PanFS, OrangeFS, OCFS2, GFS2), where LMDB's lock file
+ * must not be used, or the lock file
  * `<path>-lock` cannot be opened for writing nor created (EACCES, EPERM,
  * EROFS: another user's store, a read-only directory or file system),
  * the store is opened with LMDB's MDB_NOLOCK and no lock file is created

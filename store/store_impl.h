@@ -176,6 +176,15 @@ fst_status fst__lock_prealloc(const char *file, unsigned maxreaders);
  *         file); FST_EINVAL (path too long). */
 fst_status fst__lock_usable(const char *path, bool *usable, int *why);
 
+/* fst__network_fs() :
+ * The name of the network file system holding `path` ("NFS", "Lustre",
+ * "GPFS", "BeeGFS", "CephFS", "CIFS"...: statfs(2)'s f_type), or NULL for
+ * a local one (or when statfs fails). fst_store_open() reads a store on
+ * such a file system without its lock file, as with FST_OPEN_NOLOCK.
+ * fst__network_fs_name() : the same from an f_type value. */
+const char *fst__network_fs(const char *path);
+const char *fst__network_fs_name(unsigned long magic);
+
 #ifdef __cplusplus
 }
 #endif

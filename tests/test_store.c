@@ -743,6 +743,32 @@ static int child_status(pid_t pid)
 
 /* A lock-less reader and an append exclude each other, in both orders,
  * while readers with the lock file and appends go on side by side. */
+FST_TEST(network_file_systems_are_read_without_the_lock_file)
+{
+    /* statfs f_type of the file systems a cluster shares its data on */
+    ASSERT_STREQ(fst__network_fs_name(0x6969), "NFS");
+    ASSERT_STREQ(fst__network_fs_name(0x0BD00BD0), "Lustre");
+    ASSERT_STREQ(fst__network_fs_name(0x47504653), "GPFS");
+    ASSERT_STREQ(fst__network_fs_name(0x19830326), "BeeGFS");
+    ASSERT_STREQ(fst__network_fs_name(0x00C36400), "CephFS");
+    ASSERT_STREQ(fst__network_fs_name(0xFF534D42), "CIFS");
+    ASSERT_TRUE(fst__network_fs_name(0xEF53) == NULL);        /* ext4 */
+    ASSERT_TRUE(fst__network_fs_name(0x01021994) == NULL);    /* tmpfs */
+    ASSERT_TRUE(fst__network_fs_name(0x58465342) == NULL);    /* xfs */
+    ASSERT_TRUE(fst__network_fs_name(0x794C7630) == NULL);    /* overlayfs */
+    /* f_type is a signed long on some ABIs: the sign-extended value too */
+    ASSERT_STREQ(fst__network_fs_name((unsigned long)(long)(int32_t)0xFF534D42), "CIFS");
+    /* here: local, so a store opens with its lock file */
+    const char *p = tpath("local.fst");
+    make_store(p, 2, 8, FST_DTYPE_F32);
+    ASSERT_TRUE(fst__network_fs(p) == NULL);
+    ASSERT_TRUE(fst__network_fs("/nonexistent/x.fst") == NULL);
+    fst_store *st;
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    ASSERT_TRUE(!fst_store_nolock(st));
+    fst_store_close(st);
+}
+
 FST_TEST(nolock_reader_and_append_exclude_each_other)
 {
     const char *p = tpath("excl.fst");

@@ -281,6 +281,157 @@ FST_TEST(pairs_many)
     free(t);
 }
 
+/* ---- shards (match --shard K/N) ---- */
+
+/* Pairs files shaped like hloc's own. covis: a sequence of `n` images,
+ * each paired with its 20 nearest frames along the track (gaps where frames
+ * were dropped) and now and then a loop closure, as pairs_from_covisibility
+ * writes them (every image lists its neighbours, so each pair also comes
+ * reversed). retrieval: `q` queries, each with its top `k` database images
+ * (pairs_from_retrieval, Aachen's 1015 x 50). */
+static char *covis_pairs(int n, size_t *len)
+{
+    size_t cap = (size_t)n * 24 * 40, l = 0;
+    char *t = malloc(cap);
+    if (!t) abort();
+    for (int i = 0; i < n; i++) {
+        int got = 0;
+        for (int d = 1; got < 20 && d < 40; d++)
+            for (int sgn = -1; sgn <= 1 && got < 20; sgn += 2) {
+                int j = i + sgn * d;
+                if (j < 0 || j >= n || (j * 7 + i * 3) % 11 == 0) continue;   /* not covisible */
+                l += (size_t)snprintf(t + l, cap - l, "seq/f%05d.jpg seq/f%05d.jpg\n", i, j);
+                got++;
+            }
+        if (i % 97 == 0 && i > 500)                                         /* loop closure */
+            l += (size_t)snprintf(t + l, cap - l, "seq/f%05d.jpg seq/f%05d.jpg\n", i, i - 400);
+    }
+    *len = l;
+    return t;
+}
+
+static char *retrieval_pairs(int q, int k, size_t *len)
+{
+    size_t cap = (size_t)q * k * 40, l = 0;
+    char *t = malloc(cap);
+    if (!t) abort();
+    for (int i = 0; i < q; i++)
+        for (int j = 0; j < k; j++)
+            l += (size_t)snprintf(t + l, cap - l, "query/q%04d.jpg db/d%05d.jpg\n", i,
+                                  (i * 131 + j * 17) % 4328);
+    *len = l;
+    return t;
+}
+
+/* Check the parts of every N in [2, maxn]: disjoint and complete (part k
+ * is the next run of the list), never splitting a first image's pairs, the
+ * same from a fresh parse, each within `tol` of total / N, and within the
+ * largest group of it whatever tol. */
+static void check_split(const char *text, size_t len, uint32_t maxn, double tol)
+{
+    fst_pairs *p = NULL, *again = NULL;
+    ASSERT_OK(fst_pairs_parse_mem(text, len, "real.txt", &p));
+    size_t total = fst_pairs_count(p), biggest = 0, run = 0;
+    for (size_t i = 0; i < total; i++) {
+        run = i && fst_pairs_get(p, i).i0 == fst_pairs_get(p, i - 1).i0 ? run + 1 : 1;
+        if (run > biggest) biggest = run;
+    }
+    ASSERT_GT(total, (size_t)10000);
+    double worst = 0;
+    for (uint32_t n = 2; n <= maxn; n++) {
+        size_t next = 0;
+        for (uint32_t k = 0; k < n; k++) {
+            size_t lo, hi;
+            ASSERT_OK(fst_pairs_shard_bounds(p, k, n, &lo, &hi));
+            ASSERT_EQ(lo, next);                      /* disjoint, nothing skipped */
+            ASSERT_LE(lo, hi);
+            next = hi;
+            if (lo > 0 && lo < total)                 /* a first image's pairs stay together */
+                ASSERT_NE(fst_pairs_get(p, lo).i0, fst_pairs_get(p, lo - 1).i0);
+            double want = (double)total / n, dev = fabs((double)(hi - lo) - want);
+            ASSERT_LE(dev, (double)biggest + 1);
+            if (dev / want > worst) worst = dev / want;
+            if (tol > 0 && dev > tol * want) {
+                printf("# part %u/%u: %zu pairs, %.1f wanted\n", k, n, hi - lo, want);
+                ASSERT_LE(dev, tol * want);
+            }
+        }
+        ASSERT_EQ(next, total);                       /* complete */
+    }
+    printf("# %zu pairs, largest group %zu: worst part %.1f%% from total / N (N = 2..%u)\n",
+           total, biggest, 100 * worst, maxn);
+    /* deterministic: a new parse, in place, gives the same pairs */
+    for (uint32_t k = 0; k < 7; k++) {
+        size_t lo, hi;
+        ASSERT_OK(fst_pairs_shard_bounds(p, k, 7, &lo, &hi));
+        ASSERT_OK(fst_pairs_parse_mem(text, len, "real.txt", &again));
+        ASSERT_OK(fst_pairs_shard(again, k, 7));
+        ASSERT_EQ(fst_pairs_count(again), hi - lo);
+        for (size_t i = lo; i < hi; i++) {
+            fst_pair a = fst_pairs_get(p, i), b = fst_pairs_get(again, i - lo);
+            ASSERT_STREQ(fst_pairs_name(p, a.i0), fst_pairs_name(again, b.i0));
+            ASSERT_STREQ(fst_pairs_name(p, a.i1), fst_pairs_name(again, b.i1));
+        }
+        ASSERT_EQ(fst_pairs_stats(again)->whole, total);
+        ASSERT_EQ(fst_pairs_stats(again)->list_hash, fst_pairs_stats(p)->list_hash);
+        fst_pairs_free(again);
+        again = NULL;
+    }
+    fst_pairs_free(p);
+}
+
+FST_TEST(pairs_shard_split_of_real_shaped_lists)
+{
+    size_t len;
+    char *t = covis_pairs(2000, &len);
+    check_split(t, len, 64, 0.10);
+    free(t);
+    t = retrieval_pairs(1015, 50, &len);
+    check_split(t, len, 64, 0.10);
+    free(t);
+    /* exhaustive pairs (groups from 299 down to 1): the bound still holds */
+    size_t cap = 300 * 300 * 24, l = 0;
+    t = malloc(cap);
+    ASSERT_TRUE(t);
+    for (int i = 0; i < 300; i++)
+        for (int j = i + 1; j < 300; j++) l += (size_t)snprintf(t + l, cap - l, "i%d i%d\n", i, j);
+    check_split(t, l, 64, 0);
+    free(t);
+}
+
+FST_TEST(pairs_shard_edges)
+{
+    fst_pairs *p = parse("a b\na c\nb c\nd a\n");
+    ASSERT_TRUE(p);
+    size_t lo, hi;
+    ASSERT_STATUS(fst_pairs_shard_bounds(p, 0, 0, &lo, &hi), FST_EINVAL);
+    ASSERT_STATUS(fst_pairs_shard_bounds(p, 3, 3, &lo, &hi), FST_EINVAL);
+    ASSERT_OK(fst_pairs_shard_bounds(p, 0, 1, &lo, &hi));
+    ASSERT_EQ(lo, 0);
+    ASSERT_EQ(hi, 4);
+    /* more parts than groups: some are empty, none splits a group */
+    uint32_t seen = 0;
+    for (uint32_t k = 0; k < 10; k++) {
+        ASSERT_OK(fst_pairs_shard_bounds(p, k, 10, &lo, &hi));
+        seen += (uint32_t)(hi - lo);
+    }
+    ASSERT_EQ(seen, (uint32_t)fst_pairs_count(p));
+    ASSERT_OK(fst_pairs_shard(p, 1, 2));
+    ASSERT_STREQ(pairs_str(p), "b c;d a");
+    ASSERT_EQ(fst_pairs_stats(p)->whole, 4);
+    fst_pairs_free(p);
+    /* the list's hash ignores what does not change the list */
+    fst_pairs *x = parse("a b\n# top 2\nb c\nb a\n"), *y = parse("a b\r\n\nb\tc\n");
+    ASSERT_TRUE(x && y);
+    ASSERT_EQ(fst_pairs_stats(x)->list_hash, fst_pairs_stats(y)->list_hash);
+    ASSERT_NE(fst_pairs_stats(x)->hash, fst_pairs_stats(y)->hash);
+    fst_pairs_free(y);
+    y = parse("a b\nc b\n");
+    ASSERT_NE(fst_pairs_stats(x)->list_hash, fst_pairs_stats(y)->list_hash);
+    fst_pairs_free(x);
+    fst_pairs_free(y);
+}
+
 /* ---- pair keys ---- */
 
 FST_TEST(pair_keys_are_hlocs)
@@ -594,6 +745,129 @@ FST_TEST(matchfile_write_and_list)
     ASSERT_STATUS(fst_matchfile_write("/proc/nope/m.h5", NULL, NULL, &n), FST_EIO);
     unlink(junk);
     unlink(out);
+}
+
+/* A part of a sharded run: the pairs (a_i, b_i) of `names` into `path`
+ * with the root attributes a `match --shard k/n` run writes; `over`
+ * replaces one attribute (name, value) or is NULL. */
+static void write_part(const char *path, const char *const *names, int npairs, unsigned k,
+                       unsigned n, const char *const *over)
+{
+    const char *jp = tmp_path("part.journal");
+    fst_journal_remove(jp);
+    fst_journal *j = NULL;
+    if (fst_journal_open(jp, FST_JOURNAL_CREATE, &j)) abort();
+    int16_t m[20];
+    uint16_t s[20];
+    char key[256], shard[16], cnt[16];
+    for (int i = 0; i < npairs; i++) {
+        fst_journal_rec r = rec_of(names[2 * i], names[2 * i + 1], 10 + (uint32_t)i, m, s);
+        fst_pair_key(names[2 * i], names[2 * i + 1], '/', key, sizeof key);
+        if (fst_journal_put(j, key, &r)) abort();
+    }
+    if (fst_journal_commit(j)) abort();
+    snprintf(shard, sizeof shard, "%u/%u", k, n);
+    snprintf(cnt, sizeof cnt, "%d", npairs);
+    const char *kv[] = {"featstore_shard", shard, "featstore_store", "id=ab generation=1",
+                        "featstore_query", "", "featstore_pairs", "list=1234 pairs=4",
+                        "featstore_params", "mutual=1\noverwrite=0\n",
+                        "featstore_shard_pairs", cnt, "featstore_failed", "0", NULL};
+    for (int i = 0; over && kv[i]; i += 2)
+        if (!strcmp(kv[i], over[0])) kv[i + 1] = over[1];
+    fst_matchfile_opts mo = {.attrs = kv};
+    unlink(path);
+    if (fst_matchfile_write(path, j, &mo, NULL)) abort();
+    fst_journal_close(j);
+    fst_journal_remove(jp);
+}
+
+FST_TEST(merge_joins_parts_and_refuses_what_is_not_one_run)
+{
+    static const char *const all[] = {"a.jpg", "b.jpg", "a.jpg", "c.jpg", "db/x.jpg", "a.jpg",
+                                      "db/x.jpg", "b.jpg"};
+    char p0[512], p1[512], out[512], whole[512], m2[512];   /* tmp_path reuses its buffers */
+    snprintf(p0, sizeof p0, "%s", tmp_path("p0.h5"));
+    snprintf(p1, sizeof p1, "%s", tmp_path("p1.h5"));
+    snprintf(out, sizeof out, "%s", tmp_path("merged.h5"));
+    snprintf(whole, sizeof whole, "%s", tmp_path("whole.h5"));
+    snprintf(m2, sizeof m2, "%s", tmp_path("m2.h5"));
+    write_part(p0, all, 2, 0, 2, NULL);
+    write_part(p1, all + 4, 2, 1, 2, NULL);
+    write_part(whole, all, 4, 0, 1, NULL);     /* the single run's pairs, in one file */
+    unlink(out);
+    uint64_t n = 0;
+    const char *parts[] = {p1, p0};
+    ASSERT_OK(fst_matchfile_merge(out, parts, 2, NULL, &n));
+    ASSERT_EQ(n, 4);
+    keys_ctx k = {""}, kw = {""};
+    ASSERT_OK(fst_matchfile_keys(out, key_cb, &k));
+    ASSERT_OK(fst_matchfile_keys(whole, key_cb, &kw));
+    ASSERT_STREQ(k.buf, kw.buf);
+    char *v = NULL;
+    ASSERT_OK(fst_matchfile_attr(out, "featstore_shard", &v));
+    ASSERT_TRUE(v == NULL);                      /* a merged file is no part */
+    int32_t *m0 = NULL;
+    float *sc = NULL;
+    uint32_t n0 = 0;
+    int rev = 0;
+    ASSERT_OK(fst_matchfile_get(out, "db/x.jpg", "b.jpg", &m0, &sc, &n0, &rev));
+    ASSERT_EQ(n0, 11);                           /* part 1 wrote it second: 10 + 1 keypoints */
+    free(m0);
+    free(sc);
+    unlink(out);
+
+    /* refused, nothing written, the detail names what is wrong */
+    struct {
+        const char *const *parts;
+        size_t n;
+        const char *over[2];
+        const char *want;
+    } bad[] = {
+        {(const char *[]){p0}, 1, {NULL, NULL}, "missing shard 1 of 2"},
+        {(const char *[]){p0, p0, p1}, 3, {NULL, NULL}, "are both shard 0/2"},
+        {(const char *[]){p0, p1}, 2, {"featstore_store", "id=cd generation=1"},
+         "their store differ ('id=ab generation=1' vs 'id=cd generation=1')"},
+        {(const char *[]){p0, p1}, 2, {"featstore_params", "mutual=0\noverwrite=0\n"},
+         "matcher settings differ ('mutual=1' vs 'mutual=0')"},
+        {(const char *[]){p0, p1}, 2, {"featstore_pairs", "list=9999 pairs=4"}, "pair list"},
+        {(const char *[]){p0, p1}, 2, {"featstore_failed", "2"},
+         "(shard 1/2) is incomplete: 2 pairs failed"},
+        {(const char *[]){p0, p1}, 2, {"featstore_shard_pairs", "3"},
+         "holds 2 pairs, its shard 3"},
+        {(const char *[]){p0, p1}, 2, {"featstore_shard", "1/3"}, "parts of different splits"},
+        {(const char *[]){p0, whole}, 2, {NULL, NULL}, "parts of different splits"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (bad[i].over[0]) write_part(p1, all + 4, 2, 1, 2, bad[i].over);
+        fst_status s = fst_matchfile_merge(out, bad[i].parts, bad[i].n, NULL, &n);
+        if (s == FST_OK) printf("# case %zu merged\n", i);
+        ASSERT_EQ(s, FST_EINVAL);
+        ASSERT_CONTAINS(fst_errdetail(), bad[i].want);
+        ASSERT_CONTAINS(fst_errdetail(), "nothing written");
+        struct stat sb;
+        ASSERT_TRUE(stat(out, &sb) != 0);
+        if (bad[i].over[0]) write_part(p1, all + 4, 2, 1, 2, NULL);
+    }
+    /* overwrite= is not a result setting: a part run with --overwrite joins */
+    const char *ow[2] = {"featstore_params", "mutual=1\noverwrite=1\n"};
+    write_part(p1, all + 4, 2, 1, 2, ow);
+    ASSERT_OK(fst_matchfile_merge(out, parts, 2, NULL, &n));
+    /* a plain matches.h5 is not a part; the output may not be a part */
+    ASSERT_STATUS(fst_matchfile_merge(m2, (const char *[]){p0, out}, 2, NULL, &n),
+                  FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "is not a part of a sharded run");
+    ASSERT_STATUS(fst_matchfile_merge(p0, (const char *[]){p0, p1}, 2, NULL, &n), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "is the part");
+    /* a pair in two parts */
+    write_part(p1, all + 2, 2, 1, 2, NULL);
+    unlink(out);
+    ASSERT_STATUS(fst_matchfile_merge(out, parts, 2, NULL, &n), FST_EEXIST);
+    ASSERT_CONTAINS(fst_errdetail(), "a.jpg/c.jpg is in two parts");
+    struct stat sb;
+    ASSERT_TRUE(stat(out, &sb) != 0);
+    unlink(p0);
+    unlink(p1);
+    unlink(whole);
 }
 
 /* ---- a whole run, in process, against the kernel's own results ---- */

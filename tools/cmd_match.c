@@ -49,6 +49,9 @@ static const char usage_text[] =
     "  --overwrite                recompute pairs already in the output; discard\n"
     "                             a journal of a run with other parameters\n"
     "  --batch N                  most pairs per batch (default 128)\n"
+    "  --shard K/N                match only part K (0..N-1) of N of the pairs, for\n"
+    "                             `featstore merge`; default inside Slurm: the array\n"
+    "                             task or srun task; 'all': every pair\n"
     "  --backend-params K=V,...   extra backend parameters for every worker\n"
     "  --no-lock                  read the store(s) without the lock file (for\n"
     "                             network file systems; automatic where it cannot\n"
@@ -123,9 +126,12 @@ static void json_num(FILE *f, const char *key, double v)
     else fprintf(f, ",\"%s\":null", key);
 }
 
-static void print_json(const fst_run_stats *st, const char *output, fst_status s,
+static void json_shard(FILE *f, const fst_run_opts *o, const fst_run_stats *st);
+
+static void print_json(const fst_run_stats *st, const fst_run_opts *o, fst_status s,
                        const char *err, int code)
 {
+    const char *output = o->output;
     FILE *f = stdout;
     const char *status = s == FST_OK ? "ok" : s == FST_EINTR ? "interrupted"
                          : (s == FST_ECHILD && st->output_written) ? "failed_pairs" : "error";
@@ -176,6 +182,7 @@ static void print_json(const fst_run_stats *st, const char *output, fst_status s
         fputc('}', f);
     }
     fputc(']', f);
+    json_shard(f, o, st);
     if (err) {
         fputs(",\"error\":", f);
         fst__json_str(f, err);
@@ -290,9 +297,31 @@ static int64_t now_ns(void)
 enum {
     OPT_DEVICE = 1000, OPT_WORKERS, OPT_WPD, OPT_THREADS, OPT_PRESET, OPT_MUTUAL,
     OPT_NO_MUTUAL, OPT_RATIO, OPT_DIST, OPT_QUERY, OPT_DTYPE, OPT_SKIP, OPT_OVERWRITE,
-    OPT_BATCH, OPT_PARAMS, OPT_QUIET, OPT_JSON,
+    OPT_BATCH, OPT_PARAMS, OPT_QUIET, OPT_JSON, OPT_SHARD,
     OPT_NO_LOCK = 1100, OPT_NO_VERIFY, OPT_STALL,
 };
+
+/* The shard line of the summary and --json. */
+static const char *shard_source;
+
+static void print_shard(FILE *f, const fst_run_opts *o, const fst_run_stats *st)
+{
+    if (o->shard_n)
+        fprintf(f, "  shard %u/%u (from %s): %llu of the %llu unique pairs\n", o->shard_k,
+                o->shard_n, shard_source, (unsigned long long)st->pairs_shard,
+                (unsigned long long)st->pairs_unique);
+}
+
+static void json_shard(FILE *f, const fst_run_opts *o, const fst_run_stats *st)
+{
+    if (!o->shard_n) {
+        fputs(",\"shard\":null", f);
+        return;
+    }
+    fprintf(f, ",\"shard\":{\"index\":%u,\"count\":%u,\"source\":", o->shard_k, o->shard_n);
+    fst__json_str(f, shard_source);
+    fprintf(f, ",\"pairs\":%llu}", (unsigned long long)st->pairs_shard);
+}
 
 int fst_cmd_match(int argc, char **argv)
 {
@@ -316,6 +345,7 @@ int fst_cmd_match(int argc, char **argv)
         {"backend-params", required_argument, 0, OPT_PARAMS},
         {"quiet", no_argument, 0, OPT_QUIET},
         {"json", no_argument, 0, OPT_JSON},
+        {"shard", required_argument, 0, OPT_SHARD},
         {"no-lock", no_argument, 0, OPT_NO_LOCK},
         {"help", no_argument, 0, 'h'},
         {"no-verify", no_argument, 0, OPT_NO_VERIFY},
@@ -329,6 +359,7 @@ int fst_cmd_match(int argc, char **argv)
     const char *preset = NULL;
     int mutual = -1;
     double ratio = -1, dist = -1;
+    const char *shard = NULL;
     int c, li = 0;
     optind = 1;
     opterr = 0;
@@ -379,6 +410,7 @@ int fst_cmd_match(int argc, char **argv)
         case OPT_PARAMS: o.backend_params = optarg; break;
         case OPT_QUIET: u.quiet = true; break;
         case OPT_JSON: u.json = true; break;
+        case OPT_SHARD: shard = optarg; break;
         case OPT_NO_LOCK:   /* fst_store_open() reads it, here and in workers */
             setenv("FST_NO_LOCK", "1", 1);
             break;
@@ -403,6 +435,16 @@ int fst_cmd_match(int argc, char **argv)
     if (preset && fst_match_preset(preset, &o.match) != FST_OK)
         return fst__cli_usage("match", usage_line, "--preset %s: expected NN-mutual, NN-ratio "
                               "or NN-superpoint", preset);
+    {
+        char err[300];
+        int rc = fst__shard_resolve(shard, &o.shard_k, &o.shard_n, &shard_source, err,
+                                    sizeof err);
+        if (rc == 2) return fst__cli_usage("match", usage_line, "%s", err);
+        if (rc) {
+            fprintf(stderr, "featstore match: %s\n", err);
+            return 1;
+        }
+    }
     if (mutual >= 0) o.match.mutual = mutual;
     if (ratio >= 0) o.match.ratio_threshold = ratio;
     if (dist >= 0) o.match.distance_threshold = dist;
@@ -441,15 +483,17 @@ int fst_cmd_match(int argc, char **argv)
         const char *d = fst_errdetail();
         snprintf(err, sizeof err, "%s%s%s", fst_strerror(s), d[0] ? ": " : "", d);
     }
-    if (!u.quiet && (st.pairs_todo || st.output_written || s == FST_OK))
+    if (!u.quiet && (st.pairs_todo || st.output_written || s == FST_OK)) {
         print_summary(u.json ? stderr : stdout, &st, o.output, s);
+        print_shard(u.json ? stderr : stdout, &o, &st);
+    }
     if (s != FST_OK) {
         if (s == FST_EINTR)
             fprintf(stderr, "featstore match: %s\n", fst_errdetail());
         else
             fst_cmd_error("match", s);
     }
-    if (u.json) print_json(&st, o.output, s, s ? err : NULL, code);
+    if (u.json) print_json(&st, &o, s, s ? err : NULL, code);
     fst_run_stats_free(&st);
     return code;
 }

@@ -16,6 +16,7 @@ WEAK int fst_cmd_synth(int, char **);
 WEAK int fst_cmd_match(int, char **);
 WEAK int fst_cmd_worker(int, char **);
 WEAK int fst_cmd_weights(int, char **);
+WEAK int fst_cmd_merge(int, char **);
 
 typedef struct command {
     const char *name;
@@ -29,6 +30,7 @@ static const command commands[] = {
     {"verify", fst_cmd_verify, "re-check every record's checksum and bounds"},
     {"export", fst_cmd_export, "write a store back as an hloc features.h5"},
     {"match",  fst_cmd_match,  "match a pairs file with N workers into matches.h5"},
+    {"merge",  fst_cmd_merge,  "join the parts of a sharded match run (--shard) into one matches.h5"},
     {"synth",  fst_cmd_synth,  "generate a synthetic features.h5 and pairs file"},
     {"weights", fst_cmd_weights, "list the tensors of a weight file (.pth, .safetensors)"},
     {"worker", fst_cmd_worker, NULL},  /* internal, spawned by match */

@@ -1916,6 +1916,101 @@ static int write_progress(uint64_t done, uint64_t total, uint64_t bytes, void *c
     return 0;
 }
 
+/* --shard: part k of n of the list, checked as a whole before. The
+ * counts of the summary that concern pairs to match are the part's. */
+static fst_status apply_shard(run *R, const bool *drop)
+{
+    fst_status s = fst_pairs_shard(R->pairs, R->o->shard_k, R->o->shard_n);
+    if (s) return s;
+    R->st->pairs_shard = fst_pairs_count(R->pairs);
+    R->st->pairs_missing = 0;
+    for (size_t i = 0; i < R->st->pairs_shard; i++) {
+        fst_pair p = fst_pairs_get(R->pairs, i);
+        R->st->pairs_missing += drop[p.i0] || drop[p.i1];
+    }
+    return FST_OK;
+}
+
+/* A part's root attributes: what produced it, for `featstore merge`
+ * (loaders/matchmerge.c compares them). kv: name, value, ..., NULL. */
+typedef struct part_attrs {
+    const char *kv[19];
+    char       *params;
+    char        shard[32], pairs[64], npairs[24], failed[24];
+} part_attrs;
+
+static fst_status part_attrs_make(run *R, part_attrs *pa)
+{
+    memset(pa, 0, sizeof *pa);
+    fst_status s = build_params(R, &pa->params);
+    if (s) return s;
+    const fst_pairs_info *pi = fst_pairs_stats(R->pairs);
+    snprintf(pa->shard, sizeof pa->shard, "%u/%u", R->o->shard_k, R->o->shard_n);
+    snprintf(pa->pairs, sizeof pa->pairs, "list=%016llx pairs=%llu",
+             (unsigned long long)pi->list_hash, (unsigned long long)pi->whole);
+    snprintf(pa->npairs, sizeof pa->npairs, "%llu",
+             (unsigned long long)(R->st->pairs_shard - R->st->pairs_missing));
+    snprintf(pa->failed, sizeof pa->failed, "%zu", R->st->n_failures);
+    const char *kv[] = {
+        "featstore_shard", pa->shard,         "featstore_params", pa->params,
+        "featstore_store", R->sid,            "featstore_query", R->qid,
+        "featstore_pairs", pa->pairs,         "featstore_shard_pairs", pa->npairs,
+        "featstore_failed", pa->failed,       "featstore_pairs_file", R->o->pairs,
+        "featstore_skip_missing", R->o->skip_missing ? "1" : "0", NULL,
+    };
+    memcpy(pa->kv, kv, sizeof kv);
+    return FST_OK;
+}
+
+/* Settings texts equal but for their `overwrite=` line. */
+static bool same_settings(const char *a, const char *b)
+{
+    for (;;) {
+        if (!strncmp(a, "overwrite=", 10)) { a += strcspn(a, "\n"); a += *a != 0; continue; }
+        if (!strncmp(b, "overwrite=", 10)) { b += strcspn(b, "\n"); b += *b != 0; continue; }
+        size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+        if (la != lb || memcmp(a, b, la)) return false;
+        if (!a[la] || !b[lb]) return !a[la] && !b[lb];
+        a += la + 1;
+        b += lb + 1;
+    }
+}
+
+/* --shard over an existing output: its pairs are kept only if it is a
+ * part of this very run (same shard, data, list and settings), else the
+ * part would certify pairs it did not compute. */
+static fst_status check_part(run *R)
+{
+    const char *out = R->o->output;
+    part_attrs pa;
+    fst_status s = part_attrs_make(R, &pa);
+    if (s) return s;
+    for (size_t i = 0; pa.kv[i] && !s; i += 2) {
+        const char *name = pa.kv[i];
+        bool params = !strcmp(name, "featstore_params");
+        if (strcmp(name, "featstore_shard") && strcmp(name, "featstore_store") &&
+            strcmp(name, "featstore_query") && strcmp(name, "featstore_pairs") && !params)
+            continue;
+        char *v = NULL;
+        s = fst_matchfile_attr(out, name, &v);
+        if (s) {
+            s = fst__failpre(s, "existing output: ");
+        } else if (!v) {
+            s = fst__fail(FST_EEXIST, "%s exists and is not a part written by `featstore "
+                          "match --shard` (no %s): its pairs cannot go into shard %s; pass "
+                          "--overwrite to replace them, or name another output", out, name,
+                          pa.shard);
+        } else if (params ? !same_settings(v, pa.kv[i + 1]) : strcmp(v, pa.kv[i + 1]) != 0) {
+            s = fst__fail(FST_EEXIST, "%s is a part of another run: its %s is '%.300s', this "
+                          "run's '%.300s'; pass --overwrite to recompute its pairs, or name "
+                          "another output", out, name + 10, v, pa.kv[i + 1]);
+        }
+        free(v);
+    }
+    free(pa.params);
+    return s;
+}
+
 /* What the writer process reports besides its status. */
 typedef struct wresult {
     int32_t  signal;
@@ -1937,9 +2032,14 @@ static fst_status write_output_child(void *ctx, void *result)
     fst_status s = R->j ? fst_journal_open(R->jpath, FST_JOURNAL_RDONLY, &j) : FST_OK;
     if (s == FST_OK) {
         wprog wp = {R, 0};
-        fst_matchfile_opts mo = {.copy_existing = true, .progress = write_progress,
-                                 .progress_ctx = &wp};
-        s = fst_matchfile_write(R->o->output, j, &mo, &res->written);
+        /* a part holds its shard's pairs only: --overwrite starts it afresh */
+        fst_matchfile_opts mo = {.copy_existing = !(R->o->shard_n && R->o->overwrite),
+                                 .progress = write_progress, .progress_ctx = &wp};
+        part_attrs pa;
+        if (R->o->shard_n) s = part_attrs_make(R, &pa);
+        if (R->o->shard_n && s == FST_OK) mo.attrs = pa.kv;
+        if (s == FST_OK) s = fst_matchfile_write(R->o->output, j, &mo, &res->written);
+        if (R->o->shard_n) free(pa.params);
     }
     fst_journal_close(j);
     sample_pss(R);
@@ -2168,6 +2268,7 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
         s = fst__failpre(s, "%s: ", o->pairs);
         goto out;
     }
+    if (o->shard_n) FST_TRY(apply_shard(R, drop));
     {
         char t[32];
         snprintf(t, sizeof t, "threads=%u", o->threads ? o->threads : 1);
@@ -2178,6 +2279,7 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     /* 2. what is done: existing output (unless overwrite), journal */
     struct stat osb;
     bool out_exists = stat(o->output, &osb) == 0;
+    if (out_exists && !o->overwrite && o->shard_n) FST_TRY(check_part(R));
     if (out_exists && !o->overwrite) {
         keyset_ctx kc = {&existing};
         s = fst_matchfile_keys(o->output, add_key, &kc);

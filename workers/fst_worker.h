@@ -58,6 +58,11 @@ typedef struct fst_pairs_info {
     uint64_t self_pairs;     /* kept pairs of an image with itself */
     uint64_t first_self_line;/* line of the first self pair (0: none) */
     uint64_t hash;           /* XXH3-64 of the file's bytes */
+    uint64_t list_hash;      /* XXH3-64 of the unique pairs in hloc's order
+                                ("name0\0name1\0" each): the same for
+                                any file giving the same list */
+    uint64_t whole;          /* unique pairs of the whole file (before
+                                fst_pairs_shard) */
 } fst_pairs_info;
 
 /* fst_pairs_parse() :
@@ -103,6 +108,26 @@ const fst_pairs_info *fst_pairs_stats(const fst_pairs *p);
  * @return FST_OK; FST_EEXIST (the detail names both pairs, the two images
  *         and the key, and counts the colliding pairs); FST_ENOMEM. */
 fst_status fst_pairs_check_keys(const fst_pairs *p, const bool *skip);
+
+/* fst_pairs_shard_bounds() :
+ * Part k of n (0 <= k < n) of the unique pairs, as positions [*lo, *hi) in
+ * hloc's order. Parts are disjoint, cover every pair, depend on the list
+ * only (the same k/n gives the same pairs on any machine, in any run) and
+ * keep locality: the pairs of one first image (contiguous in hloc's order)
+ * are never split, and a part is a run of neighbouring groups. Boundary j
+ * is the group start nearest to j * total / n pairs, so each part is
+ * within one group's size of total / n (a part may be empty when groups
+ * are large or n exceeds them).
+ * @return FST_OK; FST_EINVAL (n == 0 or k >= n). */
+fst_status fst_pairs_shard_bounds(const fst_pairs *p, uint32_t k, uint32_t n,
+                                  size_t *lo, size_t *hi);
+
+/* fst_pairs_shard() :
+ * Keep only part k of n of the pairs (fst_pairs_shard_bounds), in place.
+ * Names, fst_pairs_stats() (info.whole and info.list_hash describe the
+ * whole list) are kept. Call it once.
+ * @return FST_OK; FST_EINVAL (as fst_pairs_shard_bounds). */
+fst_status fst_pairs_shard(fst_pairs *p, uint32_t k, uint32_t n);
 
 /* fst_pair_key() :
  * hloc's names_to_pair(name0, name1, separator=sep): each name with '/'
@@ -168,6 +193,19 @@ typedef struct fst_run_opts {
                                    data (store, query) or parameters
                                    differ */
     bool        skip_missing;   /* drop pairs naming unknown images */
+    uint32_t    shard_k, shard_n; /* shard_n > 0: match only part shard_k
+                                   (0-based) of shard_n of the pairs
+                                   (fst_pairs_shard, after hloc's
+                                   de-duplication), and record the run in
+                                   the output's root attributes
+                                   (featstore_shard...) for `featstore
+                                   merge`. Names and keys are still checked
+                                   over the whole list, so every part
+                                   refuses what the whole run would. An
+                                   existing output is kept only if it is a
+                                   part of this same run (else FST_EEXIST);
+                                   with overwrite it is replaced, not
+                                   added to. */
     uint32_t    batch_pairs;    /* most pairs per batch (0: 128) */
     uint32_t    commit_pairs;   /* journal commit every N results (0: 512) */
     uint32_t    commit_ms;      /* ... or every T ms (0: 250) */
@@ -223,6 +261,8 @@ typedef struct fst_run_stats {
     uint64_t matches;          /* sum of matches over pairs_matched */
     uint64_t names_missing;    /* distinct unknown image names */
     uint64_t pairs_bom;        /* 1: pairs file began with a UTF-8 BOM (removed) */
+    uint64_t pairs_shard;      /* with shard_n: the unique pairs of this
+                                  part (pairs_unique counts the whole list) */
     /* time */
     double   wall_s;           /* the whole call */
     double   match_s;          /* first worker spawned to last result */

@@ -294,6 +294,60 @@ static fst_status bad_line(const char *fname, uint64_t line, int nf, const char 
                      fname, (unsigned long long)line, nf, shown, l, n > 120 ? "..." : "");
 }
 
+/* XXH3-64 of pairs [lo, hi) as "name0\0name1\0" each: the list itself,
+ * whatever the file's blanks, comments, line ends or dropped lines. */
+static fst_status list_hash(const fst_pairs *p, size_t lo, size_t hi, uint64_t *out)
+{
+    XXH3_state_t *st = XXH3_createState();
+    if (!st) return fst__fail(FST_ENOMEM, "hashing the pairs");
+    XXH3_64bits_reset(st);
+    for (size_t k = lo; k < hi; k++) {
+        fst_pair a = p->pairs[k];
+        XXH3_64bits_update(st, fst__strtab_str(&p->names, a.i0), p->names.len[a.i0] + 1);
+        XXH3_64bits_update(st, fst__strtab_str(&p->names, a.i1), p->names.len[a.i1] + 1);
+    }
+    *out = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return FST_OK;
+}
+
+fst_status fst_pairs_shard_bounds(const fst_pairs *p, uint32_t k, uint32_t n, size_t *lo,
+                                  size_t *hi)
+{
+    if (n == 0 || k >= n)
+        return fst__fail(FST_EINVAL, "shard %u/%u: expected K/N with 0 <= K < N", k, n);
+    /* Parts are runs of whole groups (pairs with the same first image are
+     * next to each other in hloc's order). Boundary j (0 < j < n) is the
+     * group start nearest to j * total / n, so a part is within one group
+     * of total / n pairs. Only the list decides: every node computes the
+     * same parts. */
+    size_t b[2];
+    for (int e = 0; e < 2; e++) {
+        uint64_t j = (uint64_t)k + (uint64_t)e;
+        if (j == 0) { b[e] = 0; continue; }
+        if (j == n) { b[e] = p->n; continue; }
+        /* target = round(j * total / n), without overflow for any total */
+        uint64_t t = (uint64_t)(((unsigned __int128)j * p->n * 2 + n) / (2 * (uint64_t)n));
+        size_t up = (size_t)t, down = (size_t)t;
+        while (up < p->n && up > 0 && p->pairs[up].i0 == p->pairs[up - 1].i0) up++;
+        while (down > 0 && down < p->n && p->pairs[down].i0 == p->pairs[down - 1].i0) down--;
+        b[e] = (up - t < t - down) ? up : down;   /* ties: the earlier start */
+    }
+    *lo = b[0];
+    *hi = b[1];
+    return FST_OK;
+}
+
+fst_status fst_pairs_shard(fst_pairs *p, uint32_t k, uint32_t n)
+{
+    size_t lo, hi;
+    fst_status s = fst_pairs_shard_bounds(p, k, n, &lo, &hi);
+    if (s) return s;
+    memmove(p->pairs, p->pairs + lo, (hi - lo) * sizeof *p->pairs);
+    p->n = hi - lo;
+    return FST_OK;
+}
+
 fst_status fst_pairs_parse_mem(const char *text, size_t len, const char *fname, fst_pairs **out)
 {
     fst_status s = FST_OK;
@@ -404,6 +458,8 @@ fst_status fst_pairs_parse_mem(const char *text, size_t len, const char *fname, 
         p->n++;
         if (i == j) p->info.self_pairs++;
     }
+    FST_TRY(list_hash(p, 0, p->n, &p->info.list_hash));
+    p->info.whole = p->n;
     *out = p;
     p = NULL;
 out:

@@ -47,6 +47,9 @@ command as a user would ($FEATSTORE), and reads the output the way hloc does
                     killed after --stall-timeout (exit 1), or after the stop
                     deadline once SIGTERM came (exit 143); the journal keeps
                     every pair and the next run writes the identical file
+  shard             --shard K/N and Slurm's environment: parts, summary, --json
+  merge             featstore merge: parts = a single run, byte for byte; parts
+                    of other runs, missing, duplicate and failed shards refused
 """
 import json
 import os
@@ -934,6 +937,8 @@ def case_messages(w):
              "--distance-threshold", "0.1"], expect=1)
     assert "distance_threshold was '0.7', now '0.1'" in r.stderr, r.stderr
     assert "0000000" not in r.stderr, r.stderr
+
+
 def info(store):
     return json.loads(run(["info", store, "--json"]).stdout)
 
@@ -1469,6 +1474,245 @@ def case_writer_stall(w):
     assert js["pairs_resumed"] == len(expect), js
     with open(out, "rb") as a, open(ref, "rb") as b:
         assert a.read() == b.read(), "resumed output not byte-identical"
+
+
+NO_SLURM = {k: "" for k in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN",
+                            "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_STEP", "SLURM_PROCID",
+                            "SLURM_STEP_NUM_TASKS")}
+
+
+def slurm_env(**kv):
+    """The environment without Slurm's variables, plus kv."""
+    e = {k: v for k, v in os.environ.items() if k not in NO_SLURM}
+    e.update({k: str(v) for k, v in kv.items()})
+    return e
+
+
+def run_clean_env(args, env, expect=0):
+    r = subprocess.run([FST] + args, capture_output=True, text=True, env=env, timeout=120)
+    clean(r.stderr, args)
+    assert r.returncode == expect, (args, r.returncode, r.stdout, r.stderr)
+    return r
+
+
+def shard_dataset(w, n_images=16):
+    h5, store, feats, imgs = dataset(w, n_images=n_images, extra=False)
+    names = sorted(imgs)
+    text = pairs_text(names, extra=False, step=(1, 2, 3, 5))
+    return store, w.write("pairs.txt", text), hloc_io.hloc_pairs(text), feats
+
+
+def case_shard(w):
+    """--shard K/N matches part K of the list (hloc's order, a first
+    image's pairs in one part); without it Slurm's array or srun variables
+    name the part; the summary and --json say which and from where."""
+    store, pairs, expect, _ = shard_dataset(w)
+    parts = []
+    for k in range(3):
+        out = w.p(f"part{k}.h5")
+        r = run_clean_env(["match", store, pairs, "-o", out, "--json", "--workers", "1",
+                           "--shard", f"{k}/3"], slurm_env())
+        js = json.loads(r.stdout.strip().splitlines()[-1])
+        assert js["shard"] == {"index": k, "count": 3, "source": "--shard",
+                               "pairs": js["pairs"]}, js
+        assert js["pairs_unique"] == len(expect), js
+        assert f"shard {k}/3 (from --shard): {js['pairs']} of the {len(expect)} unique pairs" \
+            in r.stderr, r.stderr
+        keys = pair_keys(out)
+        assert len(keys) == js["pairs"] > 0, (keys, js)
+        parts.append(keys)
+        with h5py.File(out, "r") as f:
+            assert f.attrs["featstore_shard"] == f"{k}/3", dict(f.attrs)
+            assert f.attrs["featstore_shard_pairs"] == str(js["pairs"]), dict(f.attrs)
+    # disjoint, complete, in hloc's order: part k is the next run of the list
+    want = [hloc_io.names_to_pair(a, b) for a, b in expect]
+    assert set().union(*parts) == set(want) and sum(map(len, parts)) == len(want)
+    pos = 0
+    for keys in parts:
+        assert set(want[pos:pos + len(keys)]) == keys
+        pos += len(keys)
+    firsts = [{k.split("/")[0] for k in keys} for keys in parts]
+    assert not (firsts[0] & firsts[1]) and not (firsts[1] & firsts[2]), firsts
+
+    # Slurm: array task 1 of --array=4-6 is shard 1/3 (the same part)
+    out = w.p("env.h5")
+    r = run_clean_env(["match", store, pairs, "-o", out, "--json", "--workers", "1"],
+                      slurm_env(SLURM_ARRAY_TASK_ID=5, SLURM_ARRAY_TASK_MIN=4,
+                                SLURM_ARRAY_TASK_MAX=6, SLURM_ARRAY_TASK_COUNT=3))
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["shard"]["index"] == 1 and js["shard"]["source"] == "SLURM_ARRAY_TASK_ID", js
+    assert "(from SLURM_ARRAY_TASK_ID)" in r.stderr and pair_keys(out) == parts[1], r.stderr
+    os.unlink(out)
+    # a stepped array (--array=0-8:4, tasks 0 4 8): task 8 is the last of 3
+    r = run_clean_env(["match", store, pairs, "-o", out, "--json", "--workers", "1"],
+                      slurm_env(SLURM_ARRAY_TASK_ID=8, SLURM_ARRAY_TASK_MIN=0,
+                                SLURM_ARRAY_TASK_MAX=8, SLURM_ARRAY_TASK_STEP=4,
+                                SLURM_ARRAY_TASK_COUNT=3))
+    assert pair_keys(out) == parts[2], r.stderr
+    os.unlink(out)
+    # srun tasks: SLURM_PROCID of SLURM_STEP_NUM_TASKS
+    r = run_clean_env(["match", store, pairs, "-o", out, "--json", "--workers", "1"],
+                      slurm_env(SLURM_PROCID=0, SLURM_STEP_NUM_TASKS=3, SLURM_NTASKS=3))
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["shard"]["source"] == "SLURM_PROCID" and pair_keys(out) == parts[0], js
+    os.unlink(out)
+    # a batch script's own environment (one task, no step) is no shard
+    r = run_clean_env(["match", store, pairs, "-o", out, "--json", "--workers", "1"],
+                      slurm_env(SLURM_PROCID=0, SLURM_NTASKS=4))
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["shard"] is None and js["pairs"] == len(expect), js
+    with h5py.File(out, "r") as f:
+        assert not any(a.startswith("featstore_") for a in f.attrs), dict(f.attrs)
+    os.unlink(out)
+    # --shard wins over the environment; --shard all is the whole list
+    r = run_clean_env(["match", store, pairs, "-o", out, "--json", "--workers", "1", "--shard",
+                       "2/3"], slurm_env(SLURM_ARRAY_TASK_ID=0, SLURM_ARRAY_TASK_MIN=0,
+                                         SLURM_ARRAY_TASK_COUNT=3, SLURM_ARRAY_TASK_MAX=2))
+    assert pair_keys(out) == parts[2], r.stderr
+    os.unlink(out)
+    r = run_clean_env(["match", store, pairs, "-o", out, "--json", "--workers", "1", "--shard",
+                       "all"], slurm_env(SLURM_ARRAY_TASK_ID=0, SLURM_ARRAY_TASK_MIN=0,
+                                         SLURM_ARRAY_TASK_COUNT=3, SLURM_ARRAY_TASK_MAX=2))
+    assert len(pair_keys(out)) == len(expect) and json.loads(r.stdout.splitlines()[-1])["shard"] is None
+    os.unlink(out)
+    # an array of one task (a task resubmitted alone) cannot know N: refused
+    r = run_clean_env(["match", store, pairs, "-o", out, "--workers", "1"],
+                      slurm_env(SLURM_ARRAY_TASK_ID=2, SLURM_ARRAY_TASK_MIN=2,
+                                SLURM_ARRAY_TASK_MAX=2, SLURM_ARRAY_TASK_COUNT=1), expect=1)
+    assert "an array of one task" in r.stderr and "--shard K/N" in r.stderr, r.stderr
+    # indices that are no even range (--array=1,2,7)
+    r = run_clean_env(["match", store, pairs, "-o", out, "--workers", "1"],
+                      slurm_env(SLURM_ARRAY_TASK_ID=7, SLURM_ARRAY_TASK_MIN=1,
+                                SLURM_ARRAY_TASK_MAX=7, SLURM_ARRAY_TASK_COUNT=3), expect=1)
+    assert "not one evenly spaced range" in r.stderr, r.stderr
+    assert not leftovers(w, out), leftovers(w, out)
+    # a part run again: its pairs are kept (a part of this very run) ...
+    part1 = w.p("part1.h5")
+    with open(part1, "rb") as f:
+        before = f.read()
+    r = run_clean_env(["match", store, pairs, "-o", part1, "--json", "--workers", "1",
+                       "--shard", "1/3"], slurm_env())
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert js["pairs"] == 0 and js["pairs_existing"] == len(parts[1]), js
+    with open(part1, "rb") as f:
+        assert f.read() == before
+    # ... but not over a part of another run or shard, or a plain matches.h5
+    for extra, what in ((["--shard", "1/3", "--ratio-threshold", "0.9"], "its params is"),
+                        (["--shard", "2/3"], "its shard is '1/3', this run's '2/3'")):
+        r = run_clean_env(["match", store, pairs, "-o", part1, "--workers", "1", *extra],
+                          slurm_env(), expect=1)
+        assert "is a part of another run" in r.stderr and what in r.stderr, r.stderr
+        assert "--overwrite" in r.stderr, r.stderr
+    plain = w.p("plain.h5")
+    run_clean_env(["match", store, pairs, "-o", plain, "--quiet", "--workers", "1"], slurm_env())
+    r = run_clean_env(["match", store, pairs, "-o", plain, "--workers", "1", "--shard", "0/3"],
+                      slurm_env(), expect=1)
+    assert "is not a part written by `featstore match --shard`" in r.stderr, r.stderr
+    js = json.loads(run_clean_env(["match", store, pairs, "-o", plain, "--json", "--workers", "1",
+                                   "--shard", "0/3", "--overwrite"], slurm_env()
+                                  ).stdout.strip().splitlines()[-1])
+    assert js["pairs"] == len(parts[0]) and js["pairs_existing"] == 0, js
+    assert pair_keys(plain) == parts[0], "--overwrite: a part holds its shard's pairs only"
+    for bad in ["3/3", "1", "a/3", "1/0", "-1/3", "1/3x", "/3", "1/"]:
+        r = run_clean_env(["match", store, pairs, "-o", out, "--shard", bad], slurm_env(),
+                          expect=2)
+        assert f"--shard '{bad}': expected K/N" in r.stderr, (bad, r.stderr)
+
+
+def case_merge(w):
+    """featstore merge: the parts of any split give the single run's file,
+    byte for byte; it refuses, naming the parts, parts of other runs,
+    missing, duplicate and failed shards, and then writes nothing."""
+    store, pairs, expect, feats = shard_dataset(w)
+    ref = w.p("ref.h5")
+    run_clean_env(["match", store, pairs, "-o", ref, "--quiet", "--workers", "2"], slurm_env())
+    with open(ref, "rb") as f:
+        ref_bytes = f.read()
+    for n in (1, 4, 7):
+        parts = [w.p(f"p{n}-{k}.h5") for k in range(n)]
+        for k, part in enumerate(parts):
+            run_clean_env(["match", store, pairs, "-o", part, "--quiet", "--workers", "1",
+                           "--shard", f"{k}/{n}"], slurm_env())
+        out = w.p(f"merged{n}.h5")
+        r = run(["merge", out, *reversed(parts), "--json"])
+        js = json.loads(r.stdout.strip().splitlines()[-1])
+        assert js["status"] == "ok" and js["pairs"] == len(expect) and js["parts"] == n, js
+        assert_same_output(out, ref)
+        with open(out, "rb") as f:
+            assert f.read() == ref_bytes, f"{out} differs from {ref} in its bytes"
+        assert leftovers(w, out) == [os.path.basename(out)], leftovers(w, out)
+    check_against_hloc(w.p("merged4.h5"), feats, expect, hloc_io.PRESETS["NN-mutual"])
+    p4 = [w.p(f"p4-{k}.h5") for k in range(4)]
+    out = w.p("out.h5")
+
+    def refused(args, *texts):
+        r = run(["merge", out, *args], expect=1)
+        for t in texts:
+            assert t in r.stderr, (t, r.stderr)
+        assert "nothing written" in r.stderr or "not a part" in r.stderr, r.stderr
+        assert not leftovers(w, out), leftovers(w, out)
+        return r
+
+    refused(p4[:1] + p4[2:], "missing shard 1 of 4")
+    refused(p4[:2], "missing shards 2, 3 of 4")
+    refused(p4 + [p4[2]], f"{p4[2]} and {p4[2]} are both shard 2/4")
+    refused(p4 + [w.p("p7-3.h5")], "parts of different splits", "shard 0/4 and 3/7")
+    refused(p4 + [ref], f"{ref} is not a part of a sharded run")
+    # another run: other settings, another pair list, another store
+    other = w.p("other-1.h5")
+    run_clean_env(["match", store, pairs, "-o", other, "--quiet", "--workers", "1", "--shard",
+                   "1/4", "--ratio-threshold", "0.9"], slurm_env())
+    refused([p4[0], other, p4[2], p4[3]], "parts of different runs", "matcher settings",
+            "'ratio_threshold=0' vs 'ratio_threshold=0.90000000000000002'")
+    with open(pairs) as f:
+        text = f.read()
+    pairs2 = w.write("pairs2.txt", text + f"{sorted(feats)[0]} {sorted(feats)[9]}\n")
+    run_clean_env(["match", store, pairs2, "-o", other, "--quiet", "--workers", "1", "--shard",
+                   "1/4", "--overwrite"], slurm_env())
+    refused([p4[0], other, p4[2], p4[3]], "parts of different runs", "pair list")
+    # the same list written otherwise (comments, CRLF) is the same run
+    pairs3 = w.write("pairs3.txt", "# retrieval, top 5\r\n" + text.replace("\n", "\r\n"))
+    same = w.p("same-1.h5")
+    run_clean_env(["match", store, pairs3, "-o", same, "--quiet", "--workers", "1", "--shard",
+                   "1/4"], slurm_env())
+    run(["merge", out, p4[0], same, p4[2], p4[3]])
+    with open(out, "rb") as f:
+        assert f.read() == ref_bytes
+    os.unlink(out)
+    store2 = w.p("db2.fst")
+    run(["import", w.p("features.h5"), store2, "--quiet"])
+    run_clean_env(["match", store2, pairs, "-o", other, "--quiet", "--workers", "1", "--shard",
+                   "1/4", "--overwrite"], slurm_env())
+    refused([p4[0], other, p4[2], p4[3]], "parts of different runs", "their store differ")
+    # a shard whose run had a failed pair: named, nothing written
+    with h5py.File(p4[1], "r") as f:
+        k1 = sorted(pair_keys(p4[1]))[0]
+    a, b = next((x, y) for x, y in expect if hloc_io.names_to_pair(x, y) == k1)
+    bad = w.p("bad-1.h5")
+    r = run_clean_env(["match", store, pairs, "-o", bad, "--json", "--quiet", "--workers", "1",
+                       "--shard", "1/4"], slurm_env(FST_TEST_CRASH_PAIR=f"{a} {b}"), expect=1)
+    assert json.loads(r.stdout.splitlines()[-1])["pairs_failed"] == 1
+    refused([p4[0], bad, p4[2], p4[3]], f"{bad} (shard 1/4) is incomplete: 1 pair failed")
+    # ... run again: complete, and the merge goes through
+    run_clean_env(["match", store, pairs, "-o", bad, "--quiet", "--workers", "1", "--shard",
+                   "1/4"], slurm_env())
+    run(["merge", out, p4[0], bad, p4[2], p4[3]])
+    with open(out, "rb") as f:
+        assert f.read() == ref_bytes
+    # a merge killed with -9 leaves its journal: the next one removes it
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for suffix in (".journal", ".journal-lock"):
+        with open(f"{out}.merge-{dead.pid}{suffix}", "w") as f:
+            f.write("left by a dead merge")
+    run(["merge", out, *p4])
+    assert leftovers(w, out) == [os.path.basename(out)], leftovers(w, out)
+    # a part given as the output, a missing part, usage
+    refused_out = run(["merge", p4[0], *p4], expect=1)
+    assert "is the part" in refused_out.stderr, refused_out.stderr
+    r = run(["merge", out, p4[0], w.p("nope.h5")], expect=1)
+    assert "nope.h5" in r.stderr, r.stderr
+    run(["merge", out], expect=2)
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
