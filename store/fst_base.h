@@ -86,6 +86,12 @@ enum {
     FST_VIEW_UNCERTAINTY_F64  = 1u << 7, /* the uncertainty attr was float64
                                             (hloc under NumPy 1.x); the view
                                             has it rounded to float32 */
+    /* (format 1.2) each keypoint's `scales` and `oris`, as hloc's DoG
+     * extractor writes them (sift+lightglue needs them). */
+    FST_VIEW_HAS_SCALES       = 1u << 8, /* source had `scales` (N,) */
+    FST_VIEW_SCALES_F16       = 1u << 9, /* ...as float16 */
+    FST_VIEW_HAS_ORIS         = 1u << 10, /* source had `oris` (N,) */
+    FST_VIEW_ORIS_F16         = 1u << 11, /* ...as float16 */
 };
 
 /* One image as the matchers see it. In a view returned by the store every
@@ -106,6 +112,11 @@ typedef struct fst_view {
     const float *keypoints;     /* n x 2 (x, y), float32 */
     const float *scores;        /* n, float32; NULL if the source had none */
     const void  *desc;          /* n x d row-major, `dtype` elements */
+    const float *scales;        /* n, float32: each keypoint's scale; NULL
+                                   if the source had none (format 1.2) */
+    const float *oris;          /* n, float32: each keypoint's orientation
+                                   (radians, as hloc wrote it); NULL if
+                                   none (format 1.2) */
 } fst_view;
 
 /* Result of matching image a (n0 keypoints) against image b, in hloc's
