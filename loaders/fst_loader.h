@@ -118,6 +118,10 @@ typedef struct fst_synth_opts {
                                     least 4 digits); default "synth/img";
                                     no blank or control character (a
                                     pairs file could not hold the names) */
+    bool      scales_oris;       /* also write DoG-style `scales` and `oris`
+                                    (N,) per image, in the scores' dtype,
+                                    derived from the scores (every other
+                                    dataset unchanged); default false */
 } fst_synth_opts;
 
 /* fst_synth_opts_default() : the defaults above. */
