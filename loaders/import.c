@@ -204,9 +204,8 @@ out:
 
 static void note_ignored(hid_t g, const char *name, importer *im, unsigned known)
 {
-    /* Datasets hloc pipelines sometimes add (DoG's `scales`, `oris`...) are
-     * not needed to match and are not kept; count them so the command can
-     * say that an export will not have them. */
+    /* Datasets a store does not know are not kept; count them so the
+     * command can say that an export will not have them. */
     H5G_info_t gi;
     if (H5Gget_info(g, &gi) < 0) {
         fst__h5_clear();

@@ -64,7 +64,8 @@
  * Versioning: a reader refuses a newer major version (FST_EVERSION) and
  * accepts any minor version of its major: a newer minor may only add header
  * fields after byte 128 (header_size grows) or flags, and keeps every field
- * above where it is.
+ * above where it is. 1.2 did so for scales and oris: a 1.0/1.1 reader reads
+ * such a record without them (store/FORMAT.md, Versioning).
  */
 #ifndef FST_FORMAT_H
 #define FST_FORMAT_H

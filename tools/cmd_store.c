@@ -35,7 +35,10 @@ static const char import_usage[] =
 static const char import_help[] =
     "Convert an hloc features.h5 into a featstore store, once. Every group\n"
     "holding `keypoints` and `descriptors` becomes one record, named by its\n"
-    "path in the file (db/seq1/0001.jpg).\n"
+    "path in the file (db/seq1/0001.jpg). Kept with it: scores or\n"
+    "keypoint_scores, image_size, the keypoints' uncertainty, and each\n"
+    "keypoint's `scales` and `oris` where hloc's DoG (SIFT) extractor wrote\n"
+    "them (a store holding those is format 1.2).\n"
     "\n"
     "  --append         add to the existing STORE: identical images are\n"
     "                   skipped, images that differ under the same name are\n"
@@ -119,8 +122,8 @@ static const char export_usage[] = "usage: featstore export STORE OUT.h5 [--no-l
 static const char export_help[] =
     "Write every image of STORE to OUT.h5 in hloc's features.h5 layout: a group\n"
     "per image (nested at '/'), keypoints (N, 2), descriptors (D, N), scores or\n"
-    "keypoint_scores (N,), image_size (2,), with the dtypes and names the\n"
-    "imported file had. Refuses an existing OUT.h5; writes a temporary file\n"
+    "keypoint_scores (N,), DoG scales and oris (N,), image_size (2,), with the\n"
+    "dtypes and names the imported file had. Refuses an existing OUT.h5; writes a temporary file\n"
     "and renames it when complete.\n"
     "\n"
     "  --no-lock        read STORE without its lock file (automatic where it\n"
