@@ -672,6 +672,34 @@ bool fst__image_same(const fst_view *v, const fst_image *img)
     return true;
 }
 
+fst_status fst_view_require(const fst_view *v, uint32_t need,
+                            const char *where)
+{
+    if (!v)
+        return fst__fail(FST_EINVAL, "fst_view_require: no view");
+    static const struct { uint32_t bit; const char *what; } blk[3] = {
+        { FST_VIEW_HAS_SCORES, "scores" }, { FST_VIEW_HAS_SCALES, "scales" },
+        { FST_VIEW_HAS_ORIS, "oris" },
+    };
+    const float *arr[3] = { v->scores, v->scales, v->oris };
+    char lack[64] = "";
+    for (int i = 0; i < 3; i++)
+        if ((need & blk[i].bit) && (!(v->flags & blk[i].bit) || !arr[i]))
+            snprintf(lack + strlen(lack), sizeof lack - strlen(lack), "%s%s",
+                     lack[0] ? ", " : "", blk[i].what);
+    if (!lack[0])
+        return FST_OK;
+    char b[FST__NAME_MSG];
+    const char *nm = v->name ? fst__name_for_msg(b, v->name, strlen(v->name))
+                             : "?";
+    bool dog = need & (FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS);
+    return fst__fail(FST_EFORMAT, "%s%simage '%s' lacks keypoint %s, which "
+                     "the matcher needs%s", where ? where : "",
+                     where ? ": " : "", nm, lack,
+                     dog ? " (hloc's DoG/SIFT extractor writes `scales` and "
+                           "`oris`: import its features.h5)" : "");
+}
+
 const char *fst__name_for_msg(char *buf, const char *name, size_t len)
 {
     if (len < 80) {

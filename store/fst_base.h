@@ -119,6 +119,19 @@ typedef struct fst_view {
                                    none (format 1.2) */
 } fst_view;
 
+/* fst_view_require() :
+ * Check that view `v` carries the per-keypoint blocks `need` names
+ * (FST_VIEW_HAS_SCORES, FST_VIEW_HAS_SCALES, FST_VIEW_HAS_ORIS; other bits
+ * are ignored), as a matcher whose weights need them (sift+lightglue:
+ * scales and oris) must before matching it. `where` names the store or
+ * file in the detail (NULL: none). Reads only *v. Any thread.
+ * @return FST_OK; FST_EFORMAT with a detail naming the image and every
+ *         block it lacks, e.g. "db.fst: image 'a.jpg' lacks keypoint
+ *         scales, oris, which the matcher needs (hloc's DoG/SIFT extractor
+ *         writes ...)"; FST_EINVAL if v is NULL. */
+fst_status fst_view_require(const fst_view *v, uint32_t need,
+                            const char *where);
+
 /* Result of matching image a (n0 keypoints) against image b, in hloc's
  * terms. Arrays belong to the caller and hold at least n0 elements
  * (fst_matches_bound()). */

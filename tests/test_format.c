@@ -547,3 +547,41 @@ FST_TEST(scales_oris_refuse_nan_inf)
     free(b);
     timg_free(&t);
 }
+
+/* A matcher whose weights need scales and oris (sift+lightglue) asks
+ * fst_view_require(): a view without them is refused, naming the image
+ * and what it lacks; one with them (even with 0 keypoints) passes. */
+FST_TEST(view_require_names_image_and_missing_blocks)
+{
+    timg t;
+    timg_make(&t, "db/q 1.jpg", 5, 4, FST_DTYPE_F32, true, 3);
+    rawrec r;
+    rawrec_make(&r, &t.img);
+    fst_view v;
+    ASSERT_OK(fst__record_decode(r.v, r.len, "db/q 1.jpg", 10, 0, &v, NULL));
+    ASSERT_OK(fst_view_require(&v, FST_VIEW_HAS_SCORES, "db.fst"));
+    ASSERT_OK(fst_view_require(&v, 0, NULL));
+    ASSERT_STATUS(fst_view_require(&v, FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS,
+                                   "db.fst"), FST_EFORMAT);
+    ASSERT_CONTAINS(fst_errdetail(), "db.fst: image 'db/q 1.jpg' lacks "
+                    "keypoint scales, oris, which the matcher needs");
+    ASSERT_CONTAINS(fst_errdetail(), "DoG");
+    free(r.mem);
+    timg_add_so(&t, true, false, false);
+    rawrec_make(&r, &t.img);
+    ASSERT_OK(fst__record_decode(r.v, r.len, "db/q 1.jpg", 10, 0, &v, NULL));
+    ASSERT_STATUS(fst_view_require(&v, FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS,
+                                   NULL), FST_EFORMAT);
+    ASSERT_CONTAINS(fst_errdetail(), "image 'db/q 1.jpg' lacks keypoint oris,");
+    ASSERT_OK(fst_view_require(&v, FST_VIEW_HAS_SCALES, NULL));
+    free(r.mem);
+    timg_free(&t);
+    timg_make(&t, "empty", 0, 4, FST_DTYPE_F32, false, 3);
+    timg_add_so(&t, true, true, false);
+    rawrec_make(&r, &t.img);
+    ASSERT_OK(fst__record_decode(r.v, r.len, "empty", 5, 0, &v, NULL));
+    ASSERT_OK(fst_view_require(&v, FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS, NULL));
+    ASSERT_STATUS(fst_view_require(NULL, 0, NULL), FST_EINVAL);
+    free(r.mem);
+    timg_free(&t);
+}
