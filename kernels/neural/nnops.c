@@ -362,6 +362,20 @@ T256 static float exp_sub_sum_avx2(float *x, int n, float c)
     return r;
 }
 
+T256 static float exp_scaled_sum_avx2(float *x, int n, float a, float c)
+{
+    __m256 s = _mm256_setzero_ps(), av = _mm256_set1_ps(a), cv = _mm256_set1_ps(c);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = exp256(_mm256_fmsub_ps(_mm256_loadu_ps(x + j), av, cv));
+        _mm256_storeu_ps(x + j, e);
+        s = _mm256_add_ps(s, e);
+    }
+    float r = hsum256(s);
+    for (; j < n; j++) { x[j] = expf(fmaf(x[j], a, -c)); r += x[j]; }
+    return r;
+}
+
 T256 static float sum_exp_add_avx2(const float *x, const float *y, int n, float c)
 {
     __m256 s = _mm256_setzero_ps(), cv = _mm256_set1_ps(c);
@@ -487,6 +501,19 @@ void fst__nn_colsum_exp(const float *x, float u, const float *cmax, float *csum,
     for (int j = 0; j < n; j++) csum[j] += expf((x[j] + u) - cmax[j]);
 }
 
+/* x[j] = exp(x[j] a - c) with one rounding before the exp; the sum. With
+ * a a power of two (1/8 in both networks' attention) this equals the
+ * reference's exp(fl(x a) - c). */
+static float exp_scaled_sum(float *x, int n, float a, float c)
+{
+#if NN_X86
+    if (have_avx2()) return exp_scaled_sum_avx2(x, n, a, c);
+#endif
+    float r = 0.0f;
+    for (int j = 0; j < n; j++) { x[j] = expf(fmaf(x[j], a, -c)); r += x[j]; }
+    return r;
+}
+
 static void scale_row(float *x, int n, float a)
 {
 #if NN_X86
@@ -570,9 +597,8 @@ fst_status fst__nn_attention(nn_attn_ws *ws, int n, int m, int hd,
         fst__nn_gemm(br, m, hd, Q + (size_t)i0 * ldq, ldq, ws->kp.p, NULL, S, m, false);
         for (int r = 0; r < br; r++) {
             float *row = S + (size_t)r * m;
-            if (scale != 1.0f)
-                scale_row(row, m, scale);
-            inv[r] = 1.0f / fst__nn_exp_sub_sum(row, m, fst__nn_max(row, m));
+            /* softmax(scale x): the max of x scaled (scale > 0) */
+            inv[r] = 1.0f / exp_scaled_sum(row, m, scale, fst__nn_max(row, m) * scale);
         }
         fst__nn_gemm(br, hd, m, S, m, ws->vp.p, NULL, O + (size_t)i0 * ldo, ldo, false);
         for (int r = 0; r < br; r++)
