@@ -311,7 +311,8 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     fst__msg_end(&b, start);
     fst__wconfig c = {.store = "s.fst", .query = "", .backend = "cpu", .params = "threads=1",
                       .mutual = 1, .ratio = 0.8, .distance = 0, .index_size = 2,
-                      .chunk = 8, .slot = 3, .verify = 1};
+                      .chunk = 8, .slot = 3, .verify = 1,
+                      .matcher = "algorithm=lightglue\n"};
     ASSERT_OK(fst__wconfig_encode(&b, &c));
 
     /* fed byte by byte: nothing until complete */
@@ -341,15 +342,16 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     ASSERT_EQ(fst__msg_next(&in, &type, &r), 1);
     ASSERT_EQ(type, FST__MSG_CONFIG);
     fst__wconfig d;
-    char *strs[4];
+    char *strs[5];
     ASSERT_OK(fst__wconfig_decode(&r, &d, strs));
+    ASSERT_STREQ(d.matcher, "algorithm=lightglue\n");
     ASSERT_STREQ(d.store, "s.fst");
     ASSERT_STREQ(d.params, "threads=1");
     ASSERT_EQ(d.slot, 3);
     ASSERT_EQ(d.chunk, 8);
     ASSERT_EQ(d.verify, 1);
     ASSERT_NEAR(d.ratio, 0.8, 0);
-    for (int i = 0; i < 4; i++) free(strs[i]);
+    for (int i = 0; i < 5; i++) free(strs[i]);
     ASSERT_EQ(fst__msg_next(&in, &type, &r), 0);
 
     /* an impossible header is an error, not a wait */

@@ -105,6 +105,7 @@ typedef struct run {
     char              **gpus;            /* CUDA_VISIBLE_DEVICES value per GPU */
     uint32_t            ngpu;
     char               *wparams;         /* cpu backend params */
+    char               *mtext;           /* neural matcher's conf text, or NULL */
     const char         *store_path;
     char               *query_store;     /* store the workers open, or NULL */
     char               *query_tmp;       /* our temporary import, removed at end */
@@ -477,6 +478,14 @@ static fst_status build_params(run *R, char **out)
              o->match.mutual ? 1 : 0,
              o->match.ratio_threshold, o->match.distance_threshold,
              o->index_size == 4 ? "int32" : "int16", o->overwrite ? 1 : 0);
+    if (R->mtext) {
+        /* a neural matcher: its settings and weights' hash, not the NN's */
+        size_t l = strlen(p), ml = strlen(R->mtext);
+        char *q = realloc(p, l + ml + 1);
+        if (!q) { free(p); return fst__fail(FST_ENOMEM, "journal parameters"); }
+        memcpy(q + l, R->mtext, ml + 1);
+        p = q;
+    }
     *out = p;
     return FST_OK;
 }
@@ -827,6 +836,7 @@ static fst_status plan_devices(run *R)
     fst_status s;
     const fst_run_opts *o = R->o;
     const char *dev = o->device && *o->device ? o->device : "auto";
+    if (R->mtext) dev = "cpu";           /* checked by plan_matcher() */
     /* FST_TEST_FAKE_CUDA (tests only, see fst_worker.h): act as if built. */
     bool built = fst_backend_available("cuda") || getenv("FST_TEST_FAKE_CUDA");
     if (!strcmp(dev, "cpu")) {
@@ -851,6 +861,28 @@ static fst_status plan_devices(run *R)
     return FST_OK;
 out:
     return s;
+}
+
+/* A neural matcher (fst_matcher.h): CPU only; its conf text (weights
+ * hashed) for the journal and the workers; the weights checked against the
+ * store once here, so a wrong file is one message, not one per worker. */
+static fst_status plan_matcher(run *R)
+{
+    const fst_run_opts *o = R->o;
+    if (!o->matcher || o->matcher->algo == FST_ALGO_NN) return FST_OK;
+    const char *dev = o->device && *o->device ? o->device : "auto";
+    if (strcmp(dev, "cpu") && strcmp(dev, "auto"))
+        return fst__fail(FST_EINVAL, "--device %s: the %s matcher runs on the CPU only "
+                         "(use --device cpu)", dev, o->matcher->preset ? o->matcher->preset
+                                                                       : "neural");
+    if (o->backend_params && *o->backend_params)
+        return fst__fail(FST_EINVAL, "--backend-params %s: the %s matcher takes none",
+                         o->backend_params, o->matcher->preset ? o->matcher->preset : "neural");
+    fst_status s = fst_matcher_conf_text(o->matcher, &R->mtext);
+    if (s) return s;
+    s = fst_matcher_check_weights(R->mtext, R->meta.d);
+    if (s) return fst__failpre(s, "%s: ", o->store);
+    return FST_OK;
 }
 
 /* How many workers, and which device each. */
@@ -920,7 +952,9 @@ static fst_status queue_config(run *R, wk *w)
         .chunk = R->cuda ? 0 : 8,
         .slot = w->slot,
         .verify = !o->no_verify,
+        .matcher = R->mtext ? R->mtext : "",
     };
+    if (R->mtext) c.params = "";   /* a neural matcher takes no backend params */
     return fst__wconfig_encode(&w->out, &c);
 }
 
@@ -2138,6 +2172,7 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     if (!R->jpath) { s = fst__fail(FST_ENOMEM, "%s", o->output); goto out; }
     /* `<out>.query-<pid>.fst` (and its lock and temporaries) of dead runs */
     fst__remove_stale(o->output, ".query-", (const char *const[]){".fst*", NULL}, false);
+    FST_TRY(plan_matcher(R));
     FST_TRY(plan_devices(R));
     /* a typo in --backend-params stops here, before any journal or worker */
     if ((s = fst_backend_check_params(R->cuda ? "cuda" : "cpu", o->backend_params))) {
@@ -2305,6 +2340,7 @@ out:
     free(R->w);
     free(R->todo);
     free(R->wparams);
+    free(R->mtext);
     free(R->query_store);
     free(R->query_tmp);
     free(R->jpath);

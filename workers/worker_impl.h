@@ -64,6 +64,8 @@ typedef struct fst__wconfig {
     uint32_t    slot;         /* the worker's number, for messages */
     uint32_t    verify;       /* 1: check each image's checksum the first
                                  time this worker reads it */
+    const char *matcher;      /* fst_matcher_conf_text() of a neural
+                                 matcher, or "" (nn: the fields above) */
 } fst__wconfig;
 
 /* A growing byte buffer: messages are built here and read from here. */
@@ -122,7 +124,7 @@ fst_status fst__read_msg(int fd, fst__buf *b, uint32_t *type, fst__rd *payload);
 fst_status fst__wconfig_encode(fst__buf *b, const fst__wconfig *c);
 /* Strings point into the payload: copy them before the buffer is reused. */
 fst_status fst__wconfig_decode(fst__rd *r, fst__wconfig *c,
-                               char **strings /* 4 malloc'd copies */);
+                               char **strings /* 5 malloc'd copies */);
 
 /* ---- hash tables ---- */
 
