@@ -518,6 +518,20 @@ static void params_diff(const char *a, const char *b, char *buf, size_t len)
         const char *ea = strchr(a, '\n'), *eb = strchr(b, '\n');
         size_t la = ea ? (size_t)(ea - a) : strlen(a), lb = eb ? (size_t)(eb - b) : strlen(b);
         if (la != lb || memcmp(a, b, la)) {
+            if (!*a || !*b) {
+                /* one side has lines the other lacks: a neural matcher's
+                 * (an NN run journals none of them) */
+                const char *k = *a ? a : b;
+                const char *eq = memchr(k, '=', *a ? la : lb);
+                int kl = eq ? (int)(eq - k) : (int)(*a ? la : lb);
+                int vl = (int)((*a ? la : lb) - (size_t)kl - (eq ? 1 : 0));
+                bool algo = kl == 9 && !memcmp(k, "algorithm", 9);
+                char v[256];
+                shown_value(eq ? eq + 1 : k, vl, v, sizeof v);
+                snprintf(buf, len, "%.*s was '%s', now '%s'", kl, k, *a ? v : algo ? "nn" : "",
+                         *b ? v : algo ? "nn" : "");
+                return;
+            }
             const char *eq = memchr(b, '=', lb);
             int kl = eq ? (int)(eq - b) : (int)lb;
             const char *va = memchr(a, '=', la);
@@ -878,6 +892,14 @@ static fst_status plan_matcher(run *R)
     if (o->backend_params && *o->backend_params)
         return fst__fail(FST_EINVAL, "--backend-params %s: the %s matcher takes none",
                          o->backend_params, o->matcher->preset ? o->matcher->preset : "neural");
+    if (o->matcher->scale_ori)
+        /* the store holds no scales or orientations yet: refuse up front
+         * rather than fail every pair */
+        return fst__fail(FST_EINVAL, "%s: %s needs keypoint scales and orientations, which "
+                         "the store does not hold (image '%s')", o->store,
+                         o->matcher->preset ? o->matcher->preset : "LightGlue",
+                         fst_pairs_count(R->pairs) ? fst_pairs_name(R->pairs,
+                             fst_pairs_get(R->pairs, 0).i0) : "(none)");
     fst_status s = fst_matcher_conf_text(o->matcher, &R->mtext);
     if (s) return s;
     s = fst_matcher_check_weights(R->mtext, R->meta.d);
