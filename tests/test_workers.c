@@ -366,6 +366,57 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     fst__buf_free(&b);
 }
 
+FST_TEST(matcher_presets_are_hlocs_confs)
+{
+    fst_matcher_conf c;
+    ASSERT_OK(fst_matcher_preset("superglue", &c));
+    ASSERT_EQ(c.algo, FST_ALGO_SUPERGLUE);
+    ASSERT_EQ(c.sinkhorn_iterations, 50);
+    ASSERT_NEAR(c.match_threshold, 0.2, 0);
+    ASSERT_OK(fst_matcher_preset("superglue-fast", &c));
+    ASSERT_EQ(c.sinkhorn_iterations, 5);
+    ASSERT_OK(fst_matcher_preset("disk+lightglue", &c));
+    ASSERT_EQ(c.algo, FST_ALGO_LIGHTGLUE);
+    ASSERT_NEAR(c.depth_confidence, 0.95, 0);
+    ASSERT_NEAR(c.width_confidence, 0.99, 0);
+    ASSERT_NEAR(c.filter_threshold, 0.1, 0);
+    ASSERT_TRUE(!c.scale_ori);
+    ASSERT_OK(fst_matcher_preset("doghardnet+lightglue", &c));
+    ASSERT_TRUE(c.scale_ori);
+    ASSERT_OK(fst_matcher_preset("NN-ratio", &c));
+    ASSERT_EQ(c.algo, FST_ALGO_NN);
+    ASSERT_NEAR(c.nn.ratio_threshold, 0.8, 0);
+    fst_matcher_conf keep = c;
+    ASSERT_STATUS(fst_matcher_preset("lightglue", &c), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "superglue-fast");
+    ASSERT_MEMEQ(&c, &keep, sizeof c);                   /* untouched */
+    /* a neural conf without weights: the hint, naming file and publisher */
+    ASSERT_OK(fst_matcher_preset("superpoint+lightglue", &c));
+    char *text = NULL;
+    ASSERT_STATUS(fst_matcher_conf_text(&c, &text), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "superpoint_lightglue.pth");
+    ASSERT_CONTAINS(fst_errdetail(), "github.com/cvg/LightGlue");
+    ASSERT_TRUE(text == NULL);
+    ASSERT_TRUE(fst_matcher_weights_hint("NN-mutual") == NULL);
+    c.weights = "/nonexistent/w.pth";
+    ASSERT_STATUS(fst_matcher_conf_text(&c, &text), FST_EIO);
+    ASSERT_CONTAINS(fst_errdetail(), "/nonexistent/w.pth");
+    c.depth_confidence = -1;
+    ASSERT_STATUS(fst_matcher_conf_text(&c, &text), FST_EINVAL);
+    /* nn: the text carries the options; a neural algorithm refuses CUDA */
+    ASSERT_OK(fst_matcher_preset("NN-superpoint", &c));
+    ASSERT_OK(fst_matcher_conf_text(&c, &text));
+    ASSERT_STREQ(text, "algorithm=nn\nmutual=1\nratio_threshold=0\n"
+                       "distance_threshold=0.69999999999999996\n");
+    free(text);
+    fst_matcher *m = NULL;
+    ASSERT_STATUS(fst_matcher_open("algorithm=superglue\nweights=x.pth\n", "cuda", NULL, &m),
+                  FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "CPU only");
+    ASSERT_STATUS(fst_matcher_open("mutual=1\n", "cpu", NULL, &m), FST_EINVAL);
+    ASSERT_TRUE(m == NULL);
+}
+
 FST_TEST(protocol_over_a_socket)
 {
     int sv[2];
