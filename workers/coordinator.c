@@ -479,12 +479,22 @@ static fst_status build_params(run *R, char **out)
              o->match.ratio_threshold, o->match.distance_threshold,
              o->index_size == 4 ? "int32" : "int16", o->overwrite ? 1 : 0);
     if (R->mtext) {
-        /* a neural matcher: its settings and weights' hash, not the NN's */
+        /* a neural matcher: its settings and its weights' hash, not their
+         * path (the same tensors in a moved file resume) */
         size_t l = strlen(p), ml = strlen(R->mtext);
         char *q = realloc(p, l + ml + 1);
         if (!q) { free(p); return fst__fail(FST_ENOMEM, "journal parameters"); }
-        memcpy(q + l, R->mtext, ml + 1);
         p = q;
+        for (const char *m = R->mtext; *m;) {
+            const char *e = strchr(m, '\n');
+            size_t n = e ? (size_t)(e - m) + 1 : strlen(m);
+            if (strncmp(m, "weights=", 8)) {
+                memcpy(p + l, m, n);
+                l += n;
+            }
+            m += n;
+        }
+        p[l] = '\0';
     }
     *out = p;
     return FST_OK;

@@ -3,9 +3,10 @@
  * Algorithms: "nn" (hloc's nearest_neighbor: fst_match_opts, any backend:
  * cpu, cuda), "lightglue" and "superglue" (kernels/neural: weights from a
  * file, CPU only). A conf has one canonical text form, "key=value\n" lines,
- * which is both what a worker is sent and what the journal records as the
- * run's identity (with the weights' content hash: other weights or other
- * settings => another identity, resume refused):
+ * which is both what a worker is sent and, less the weights' path, what
+ * the journal records as the run's identity (with the weights' content
+ * hash: other weights or other settings => another identity, resume
+ * refused):
  *
  *   fst_matcher_conf c;
  *   FST_TRY(fst_matcher_preset("superpoint+lightglue", &c));
@@ -68,9 +69,10 @@ const char *fst_matcher_preset_help(void);
 /* fst_matcher_conf_text() :
  * The canonical text of conf `c` into *out (malloc'd; the caller frees it).
  * A neural conf opens its weight file (a read-only map, nothing copied)
- * and records the file's path and an XXH3-64 of its tensors (names,
- * dtypes, shapes, bytes), so that the same tensors in another file
- * resume, other tensors do not. Any thread.
+ * and records the file's path (for the workers) and an XXH3-64 of its
+ * tensors (names, dtypes, shapes, bytes): the run's journal keeps every
+ * line but the path, so the same tensors in another file resume, other
+ * tensors do not. Any thread.
  * @return FST_OK; FST_EINVAL (no weights for a neural algorithm: the detail
  *         is the preset's fst_matcher_weights_hint(); a negative or
  *         non-finite threshold, sinkhorn_iterations < 1); FST_EIO /

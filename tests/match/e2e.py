@@ -1552,6 +1552,11 @@ def case_neural(w):
         assert nmatch > 0, f"{preset}: no matches at all (weights too random for a test)"
         log(f"{preset}: {len(got)} pairs, {nmatch} matches, equal to fst_nn_match")
         refs[preset] = outs[0]
+    # --query: the first image of each pair from an hloc features.h5
+    js, _ = match(store, pairs, w.p("q.h5"), "--preset", "superpoint+lightglue", "--weights",
+                  lg, "--query", h5)
+    assert js["pairs"] == len(expect), js
+    assert_same_output(w.p("q.h5"), refs["superpoint+lightglue"])
     # the options matter: the same weights without them differ
     a = read_matches(refs["superglue"], expect)
     b = read_matches(refs["superglue-fast"], expect)
@@ -1574,14 +1579,17 @@ def case_neural(w):
     out = w.p("r.h5")
     interrupt(store, pairs, out, w.p("r.log"), "--preset", "superpoint+lightglue", "--weights",
               lg, n=3, ms=60)
-    for args, what in ((["--preset", "superpoint+lightglue", "--weights", lg2], "weights"),
+    for args, what in ((["--preset", "superpoint+lightglue", "--weights", lg2], "weights_xxh3"),
                        (["--preset", "superpoint+lightglue", "--weights", lg,
                          "--depth-confidence", "0.5"], "depth_confidence"),
                        (["--preset", "superglue", "--weights", sg], "algorithm"),
                        ([], "algorithm")):
         r = run(["match", store, pairs, "-o", out, *args], expect=1)
         assert "other parameters" in r.stderr and what in r.stderr, (args, r.stderr)
-    js, _ = match(store, pairs, out, "--preset", "superpoint+lightglue", "--weights", lg)
+    # the same tensors in another file: resumed (the journal keeps their hash)
+    moved = w.p("moved.safetensors")
+    shutil.copy(lg, moved)
+    js, _ = match(store, pairs, out, "--preset", "superpoint+lightglue", "--weights", moved)
     assert js["pairs_resumed"] > 0, js
     assert_same_output(out, refs["superpoint+lightglue"])
 
