@@ -899,6 +899,10 @@ static fst_status plan_matcher(run *R)
         return fst__fail(FST_EINVAL, "--device %s: the %s matcher runs on the CPU only "
                          "(use --device cpu)", dev, o->matcher->preset ? o->matcher->preset
                                                                        : "neural");
+    if (o->threads > 1)
+        return fst__fail(FST_EINVAL, "--threads %u: the %s matcher runs one thread per "
+                         "worker (use --workers)", o->threads, o->matcher->preset
+                         ? o->matcher->preset : "neural");
     if (o->backend_params && *o->backend_params)
         return fst__fail(FST_EINVAL, "--backend-params %s: the %s matcher takes none",
                          o->backend_params, o->matcher->preset ? o->matcher->preset : "neural");
@@ -1444,11 +1448,14 @@ static void kill_worker(wk *w)
 #define STALL_FACTOR     10
 #define STALL_FLOOR_CPU  60.0
 #define STALL_FLOOR_CUDA 150.0
+#define STALL_FLOOR_NEURAL 600.0   /* LightGlue at 4096 keypoints: a minute a
+                                     pair on a busy core (RESULTS.md) */
 #define STOP_GRACE_S     10.0
 #define REAP_NS          3000000000LL
 
 static int64_t default_floor_ns(const run *R)
 {
+    if (R->mtext) return (int64_t)(STALL_FLOOR_NEURAL * 1e9);
     return (int64_t)((R->cuda ? STALL_FLOOR_CUDA : STALL_FLOOR_CPU) * 1e9);
 }
 

@@ -195,7 +195,8 @@ typedef struct fst_run_opts {
                                    seen x its pairs in hand) is killed and its
                                    pairs requeued; also bounds the graceful
                                    stop (at most min(this, 10 s)).
-                                   0: 60 s (cpu), 150 s (cuda) */
+                                   0: 60 s (cpu), 150 s (cuda), 600 s
+                                   (a neural matcher) */
 } fst_run_opts;
 
 /* fst_run_opts_default() : hloc's NN-mutual, int16, auto device, no

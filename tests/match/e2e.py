@@ -1621,6 +1621,10 @@ def case_neural(w):
     r = run(["match", store, pairs, "-o", w.p("n.h5"), "--preset", "superglue", "--weights",
              sg, "--device", "cuda"], expect=1)
     assert "CPU only" in r.stderr and "superglue" in r.stderr, r.stderr
+    for extra in (["--threads", "2"], ["--backend-params", "isa=scalar"]):
+        r = run(["match", store, pairs, "-o", w.p("n.h5"), "--preset", "superglue",
+                 "--weights", sg, *extra], expect=1)
+        assert extra[0] in r.stderr and "superglue" in r.stderr, r.stderr
     # SIFT LightGlue needs scales and orientations, which the store lacks
     sift = make_images(n_images=3, d=128, kmin=20, kmax=40, prefix="s/img", extra=False)
     write_features(w.p("sift.h5"), sift)
