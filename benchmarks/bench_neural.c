@@ -131,6 +131,12 @@ int main(int argc, char **argv)
 {
     int sizes[16] = {1024, 2048}, ns = 2, reps = 3;
     const char *lg_git = NULL, *sg_git = NULL;
+    /* before parsing: strtok below rewrites argv */
+    if (!getenv("FST_BENCH_REEXEC")) {     /* OpenBLAS reads this when loaded */
+        setenv("FST_BENCH_REEXEC", "1", 1);
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        execv("/proc/self/exe", argv);
+    }
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--sizes") && i + 1 < argc) {
             ns = 0;
@@ -146,11 +152,6 @@ int main(int argc, char **argv)
                     "[--torch LIGHTGLUE_GIT SUPERGLUE_GIT]\n");
             return 2;
         }
-    }
-    if (!getenv("FST_BENCH_REEXEC")) {     /* OpenBLAS reads this when loaded */
-        setenv("FST_BENCH_REEXEC", "1", 1);
-        setenv("OPENBLAS_NUM_THREADS", "1", 1);
-        execv("/proc/self/exe", argv);
     }
     if (!getenv("FST_SRCDIR"))
         setenv("FST_SRCDIR", FST_BENCH_SRCDIR "/..", 1);

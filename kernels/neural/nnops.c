@@ -23,7 +23,7 @@
 #define NN_X86 0
 #endif
 
-enum { MR = 6, KC = 256, MC = 96, ATT_ROWS = 48 };
+enum { MR = 6, KC = 256, MC = 96, ATT_ROWS = 24 };
 
 /* ------------------------------------------------------------ buffers */
 
@@ -89,6 +89,8 @@ void fst__nn_pack(const float *src, int ld, int k, int n, float *dst)
 }
 
 /* ------------------------------------------------------------ micro-kernels */
+
+static bool have_avx2(void);
 
 /* C tile (MR x 16, ldc) = init + A B over kc, where init is C itself
  * (acc) or the 16 values of `row0` (bias or zeros) broadcast down. */
@@ -184,20 +186,58 @@ static void tile(kern_fn kern, int rows, int cols, int kc, const float *Ap,
         memcpy(C + (size_t)r * ldc, c + r * NN_NR, (size_t)cols * sizeof(float));
 }
 
+#if NN_X86
+/* Six rows, eight columns at a time: an 8 x 8 transpose (rows 6 and 7
+ * zero) whose output rows are stored 6 floats apart, each store's last two
+ * lanes overwritten by the next (dst has 8 floats of slack). */
+T256 static int pack_a6_avx2(const float *A, int lda, int kc, float *d)
+{
+    int kk = 0;
+    for (; kk + 8 <= kc; kk += 8) {
+        __m256 r0 = _mm256_loadu_ps(A + kk), r1 = _mm256_loadu_ps(A + lda + kk);
+        __m256 r2 = _mm256_loadu_ps(A + 2 * (size_t)lda + kk), r3 = _mm256_loadu_ps(A + 3 * (size_t)lda + kk);
+        __m256 r4 = _mm256_loadu_ps(A + 4 * (size_t)lda + kk), r5 = _mm256_loadu_ps(A + 5 * (size_t)lda + kk);
+        __m256 r6 = _mm256_setzero_ps(), r7 = _mm256_setzero_ps();
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+        __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        float *o = d + (size_t)kk * MR;
+        _mm256_storeu_ps(o + 0 * MR, _mm256_permute2f128_ps(u0, u4, 0x20));
+        _mm256_storeu_ps(o + 1 * MR, _mm256_permute2f128_ps(u1, u5, 0x20));
+        _mm256_storeu_ps(o + 2 * MR, _mm256_permute2f128_ps(u2, u6, 0x20));
+        _mm256_storeu_ps(o + 3 * MR, _mm256_permute2f128_ps(u3, u7, 0x20));
+        _mm256_storeu_ps(o + 4 * MR, _mm256_permute2f128_ps(u0, u4, 0x31));
+        _mm256_storeu_ps(o + 5 * MR, _mm256_permute2f128_ps(u1, u5, 0x31));
+        _mm256_storeu_ps(o + 6 * MR, _mm256_permute2f128_ps(u2, u6, 0x31));
+        _mm256_storeu_ps(o + 7 * MR, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+    return kk;
+}
+#endif
+
 /* A's block (mc x kc at A, lda) into MR-row panels, k-major, zero rows
- * below the last. */
+ * below the last. dst holds mc rounded up to MR rows, times kc, plus 8. */
 static void pack_a(const float *A, int lda, int mc, int kc, float *dst)
 {
     for (int i = 0; i < mc; i += MR) {
         float *d = dst + (size_t)i * kc;
-        int rows = mc - i < MR ? mc - i : MR;
+        int rows = mc - i < MR ? mc - i : MR, k0 = 0;
+#if NN_X86
+        if (rows == MR && have_avx2())
+            k0 = pack_a6_avx2(A + (size_t)i * lda, lda, kc, d);
+#endif
         for (int r = 0; r < MR; r++) {
             if (r >= rows) {
-                for (int kk = 0; kk < kc; kk++) d[(size_t)kk * MR + r] = 0.0f;
+                for (int kk = k0; kk < kc; kk++) d[(size_t)kk * MR + r] = 0.0f;
                 continue;
             }
             const float *a = A + (size_t)(i + r) * lda;
-            for (int kk = 0; kk < kc; kk++) d[(size_t)kk * MR + r] = a[kk];
+            for (int kk = k0; kk < kc; kk++) d[(size_t)kk * MR + r] = a[kk];
         }
     }
 }
@@ -217,7 +257,7 @@ void fst__nn_gemm(int m, int n, int k, const float *A, int lda,
         return;
     }
     int np = (n + NN_NR - 1) / NN_NR;
-    static _Thread_local float apack[MC * KC] __attribute__((aligned(64)));
+    static _Thread_local float apack[MC * KC + 8] __attribute__((aligned(64)));
     for (int k0 = 0; k0 < k; k0 += KC) {
         int kc = k - k0 < KC ? k - k0 : KC;
         /* bias joins once: with the first k block when not accumulating, as
