@@ -447,7 +447,8 @@ fst_status fst_worker_main(int fd)
     }
     FST_TRY(fst__wconfig_decode(&r, &w.cfg, w.strs));
     fst_status o = open_all(&w);
-    FST_TRY(send_status(&w, FST__MSG_READY, o, w.be ? fst_backend_name(w.be) : w.nm ? "cpu" : w.cfg.backend));
+    FST_TRY(send_status(&w, FST__MSG_READY, o, w.be ? fst_backend_name(w.be)
+                                              : w.nm ? fst_matcher_device(w.nm) : w.cfg.backend));
     if (o != FST_OK) {
         s = o;
         goto out;
