@@ -52,7 +52,8 @@ command as a user would ($FEATSTORE), and reads the output the way hloc does
                     equal to fst_nn_match() called directly (nn_direct); kill -9
                     and resume to the identical file; missing weights, wrong-D
                     weights, --device cuda, sift without scales refused with
-                    one message; a resume with other weights or options refused
+                    one message; a resume with other weights or options refused;
+                    .pth files (where torch is installed) equal to safetensors
 """
 import json
 import os
@@ -1635,6 +1636,34 @@ def case_neural(w):
     r = run(["match", sstore, spairs, "-o", w.p("s.h5"), "--preset", "sift+lightglue",
              "--weights", lg128], expect=1)
     assert "scales and orientations" in r.stderr and sn[0] in r.stderr, r.stderr
+    # .pth as published: LightGlue's old `self_attn.N` names in torch's zip
+    # format, SuperGlue in the legacy format with int64 BatchNorm counters;
+    # the same output as the safetensors files. Only where Debian's
+    # python3-torch is installed (nothing else needs it).
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        log("no torch: .pth weights not checked here (tests/weights covers the reader)")
+    if torch is not None:
+        import re
+        old = {}
+        for k, v in neural_weights.tensors("lightglue", seed=1).items():
+            m = re.match(r"transformers\.(\d+)\.(self_attn|cross_attn)\.(.*)", k)
+            old[f"{m.group(2)}.{m.group(1)}.{m.group(3)}" if m else k] = torch.from_numpy(v)
+        torch.save(old, w.p("lg.pth"))
+        sgt = {}
+        for k, v in neural_weights.tensors("superglue", seed=1).items():
+            sgt[k] = torch.from_numpy(v)
+            if k.endswith("running_var"):
+                sgt[k[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(7)
+        torch.save(sgt, w.p("sg.pth"), _use_new_zipfile_serialization=False)
+        for preset, wt, extra in (("superpoint+lightglue", w.p("lg.pth"), []),
+                                  ("superglue", w.p("sg.pth"), ["--match-threshold", "0.05"])):
+            out = w.p(f"pth-{preset}.h5")
+            match(store, pairs, out, "--preset", preset, "--weights", wt, *extra)
+            assert_same_output(out, refs[preset])
+        log(".pth weights (zip with old names, legacy): outputs identical to safetensors")
     # --help says what each preset sets
     r = run(["match", "--help"])
     for preset in ("superpoint+lightglue", "disk+lightglue", "aliked+lightglue",

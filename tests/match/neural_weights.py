@@ -116,8 +116,13 @@ def write_safetensors(path, tensors):
             f.write(b)
 
 
-def write(path, kind, seed=1, **kw):
+def tensors(kind, seed=1, **kw):
+    """{name: float32 array} of a `kind` model; the same for the same seed."""
     shapes = lightglue_shapes(**kw) if kind == "lightglue" else superglue_shapes(**kw)
     rng = np.random.default_rng(seed)
-    write_safetensors(path, {k: draw(k, s, rng) for k, s in shapes.items()})
+    return {k: draw(k, s, rng) for k, s in shapes.items()}
+
+
+def write(path, kind, seed=1, **kw):
+    write_safetensors(path, tensors(kind, seed, **kw))
     return path
