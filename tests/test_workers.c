@@ -464,7 +464,8 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     fst__msg_end(&b, start);
     fst__wconfig c = {.store = "s.fst", .query = "", .backend = "cpu", .params = "threads=1",
                       .mutual = 1, .ratio = 0.8, .distance = 0, .index_size = 2,
-                      .chunk = 8, .slot = 3, .verify = 1};
+                      .chunk = 8, .slot = 3, .verify = 1,
+                      .matcher = "algorithm=lightglue\n"};
     ASSERT_OK(fst__wconfig_encode(&b, &c));
 
     /* fed byte by byte: nothing until complete */
@@ -494,15 +495,16 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
     ASSERT_EQ(fst__msg_next(&in, &type, &r), 1);
     ASSERT_EQ(type, FST__MSG_CONFIG);
     fst__wconfig d;
-    char *strs[4];
+    char *strs[5];
     ASSERT_OK(fst__wconfig_decode(&r, &d, strs));
+    ASSERT_STREQ(d.matcher, "algorithm=lightglue\n");
     ASSERT_STREQ(d.store, "s.fst");
     ASSERT_STREQ(d.params, "threads=1");
     ASSERT_EQ(d.slot, 3);
     ASSERT_EQ(d.chunk, 8);
     ASSERT_EQ(d.verify, 1);
     ASSERT_NEAR(d.ratio, 0.8, 0);
-    for (int i = 0; i < 4; i++) free(strs[i]);
+    for (int i = 0; i < 5; i++) free(strs[i]);
     ASSERT_EQ(fst__msg_next(&in, &type, &r), 0);
 
     /* an impossible header is an error, not a wait */
@@ -518,7 +520,7 @@ FST_TEST(protocol_roundtrip_and_partial_messages)
 }
 
 /* A configuration that fails to decode leaves no string for the caller to
- * free twice (the worker frees all four at its end, whatever happened). */
+ * free twice (the worker frees all five at its end, whatever happened). */
 FST_TEST(protocol_bad_config_frees_its_strings_once)
 {
     fst__buf b = {0};
@@ -529,13 +531,64 @@ FST_TEST(protocol_bad_config_frees_its_strings_once)
     fst__rd r;
     ASSERT_EQ(fst__msg_next(&b, &type, &r), 1);
     fst__wconfig d;
-    char *strs[4] = {0};
+    char *strs[5] = {0};
     ASSERT_STATUS(fst__wconfig_decode(&r, &d, strs), FST_EFORMAT);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         ASSERT_TRUE(strs[i] == NULL);
         free(strs[i]);                    /* as fst_worker_main does */
     }
     fst__buf_free(&b);
+}
+
+FST_TEST(matcher_presets_are_hlocs_confs)
+{
+    fst_matcher_conf c;
+    ASSERT_OK(fst_matcher_preset("superglue", &c));
+    ASSERT_EQ(c.algo, FST_ALGO_SUPERGLUE);
+    ASSERT_EQ(c.sinkhorn_iterations, 50);
+    ASSERT_NEAR(c.match_threshold, 0.2, 0);
+    ASSERT_OK(fst_matcher_preset("superglue-fast", &c));
+    ASSERT_EQ(c.sinkhorn_iterations, 5);
+    ASSERT_OK(fst_matcher_preset("disk+lightglue", &c));
+    ASSERT_EQ(c.algo, FST_ALGO_LIGHTGLUE);
+    ASSERT_NEAR(c.depth_confidence, 0.95, 0);
+    ASSERT_NEAR(c.width_confidence, 0.99, 0);
+    ASSERT_NEAR(c.filter_threshold, 0.1, 0);
+    ASSERT_TRUE(!c.scale_ori);
+    ASSERT_OK(fst_matcher_preset("doghardnet+lightglue", &c));
+    ASSERT_TRUE(c.scale_ori);
+    ASSERT_OK(fst_matcher_preset("NN-ratio", &c));
+    ASSERT_EQ(c.algo, FST_ALGO_NN);
+    ASSERT_NEAR(c.nn.ratio_threshold, 0.8, 0);
+    fst_matcher_conf keep = c;
+    ASSERT_STATUS(fst_matcher_preset("lightglue", &c), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "superglue-fast");
+    ASSERT_MEMEQ(&c, &keep, sizeof c);                   /* untouched */
+    /* a neural conf without weights: the hint, naming file and publisher */
+    ASSERT_OK(fst_matcher_preset("superpoint+lightglue", &c));
+    char *text = NULL;
+    ASSERT_STATUS(fst_matcher_conf_text(&c, &text), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "superpoint_lightglue.pth");
+    ASSERT_CONTAINS(fst_errdetail(), "github.com/cvg/LightGlue");
+    ASSERT_TRUE(text == NULL);
+    ASSERT_TRUE(fst_matcher_weights_hint("NN-mutual") == NULL);
+    c.weights = "/nonexistent/w.pth";
+    ASSERT_STATUS(fst_matcher_conf_text(&c, &text), FST_EIO);
+    ASSERT_CONTAINS(fst_errdetail(), "/nonexistent/w.pth");
+    c.depth_confidence = -1;
+    ASSERT_STATUS(fst_matcher_conf_text(&c, &text), FST_EINVAL);
+    /* nn: the text carries the options; a neural algorithm refuses CUDA */
+    ASSERT_OK(fst_matcher_preset("NN-superpoint", &c));
+    ASSERT_OK(fst_matcher_conf_text(&c, &text));
+    ASSERT_STREQ(text, "algorithm=nn\nmutual=1\nratio_threshold=0\n"
+                       "distance_threshold=0.69999999999999996\n");
+    free(text);
+    fst_matcher *m = NULL;
+    ASSERT_STATUS(fst_matcher_open("algorithm=superglue\nweights=x.pth\n", "cuda", NULL, &m),
+                  FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "CPU only");
+    ASSERT_STATUS(fst_matcher_open("mutual=1\n", "cpu", NULL, &m), FST_EINVAL);
+    ASSERT_TRUE(m == NULL);
 }
 
 FST_TEST(protocol_over_a_socket)

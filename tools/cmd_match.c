@@ -36,7 +36,15 @@ static const char usage_text[] =
     "                             cuda: spread over the devices)\n"
     "  --workers-per-device K     cuda: workers per GPU (default 1)\n"
     "  --threads T                cpu: matcher threads per worker (default 1)\n"
-    "  --preset NAME              NN-mutual (default), NN-ratio, NN-superpoint\n"
+    "  --preset NAME              hloc's matcher conf (default NN-mutual; the list\n"
+    "                             below says what each sets)\n"
+    "  --weights FILE             the weight file of a neural preset (.pth as its\n"
+    "                             authors publish it, or .safetensors)\n"
+    "  --depth-confidence X       lightglue: early stop (0: off)\n"
+    "  --width-confidence X       lightglue: point pruning (0: off)\n"
+    "  --filter-threshold X       lightglue: match score threshold\n"
+    "  --sinkhorn-iterations N    superglue: Sinkhorn iterations\n"
+    "  --match-threshold X        superglue: match score threshold\n"
     "  --mutual, --no-mutual      mutual nearest-neighbour check (default on)\n"
     "  --ratio-threshold R        Lowe's ratio test (0: off)\n"
     "  --distance-threshold T     descriptor distance test (0: off)\n"
@@ -63,8 +71,12 @@ static const char usage_text[] =
     "                             then matched as it is)\n"
     "  --stall-timeout S          kill a worker that has work and sends nothing\n"
     "                             for max(S, 10 x the slowest pair time seen);\n"
-    "                             its pairs are redone (default 60, cuda 150)\n"
+    "                             its pairs are redone (default 60, cuda 150,\n"
+    "                             neural presets 600)\n"
     "  -h, --help                 this text\n"
+    "\n"
+    "Neural presets (LightGlue, SuperGlue) run on the CPU only (--device cpu or\n"
+    "auto) and need --weights; nothing is downloaded.\n"
     "\n"
     "exit status: 0 all pairs matched; 1 error, or some pairs failed (listed);\n"
     "2 usage; 130/143 interrupted by SIGINT/SIGTERM (run again to resume).\n";
@@ -129,7 +141,8 @@ static void json_num(FILE *f, const char *key, double v)
 static void json_shard(FILE *f, const fst_run_opts *o, const fst_run_stats *st);
 
 static void print_json(const fst_run_stats *st, const fst_run_opts *o, fst_status s,
-                       const char *err, int code)
+                       const char *err, int code, const char *preset,
+                       const char *weights)
 {
     const char *output = o->output;
     FILE *f = stdout;
@@ -163,6 +176,11 @@ static void print_json(const fst_run_stats *st, const fst_run_opts *o, fst_statu
     fst__json_str(f, st->device);
     fputs(",\"backend\":", f);
     fst__json_str(f, st->backend);
+    fputs(",\"preset\":", f);
+    fst__json_str(f, preset ? preset : "NN-mutual");
+    fputs(",\"weights\":", f);
+    if (weights) fst__json_str(f, weights);
+    else fputs("null", f);
     fprintf(f, ",\"verify\":%s,\"worker_stalls\":%u", st->verified ? "true" : "false",
             st->worker_stalls);
     fprintf(f, ",\"peak_pss_bytes\":%llu,\"store_bytes\":%llu,\"signal\":%d,"
@@ -299,6 +317,7 @@ enum {
     OPT_NO_MUTUAL, OPT_RATIO, OPT_DIST, OPT_QUERY, OPT_DTYPE, OPT_SKIP, OPT_OVERWRITE,
     OPT_BATCH, OPT_PARAMS, OPT_QUIET, OPT_JSON, OPT_SHARD,
     OPT_NO_LOCK = 1100, OPT_NO_VERIFY, OPT_STALL,
+    OPT_WEIGHTS = 1200, OPT_DEPTH, OPT_WIDTH, OPT_FILTER, OPT_SINKHORN, OPT_MTHR,
 };
 
 /* The shard line of the summary and --json. */
@@ -321,6 +340,54 @@ static void json_shard(FILE *f, const fst_run_opts *o, const fst_run_stats *st)
     fprintf(f, ",\"shard\":{\"index\":%u,\"count\":%u,\"source\":", o->shard_k, o->shard_n);
     fst__json_str(f, shard_source);
     fprintf(f, ",\"pairs\":%llu}", (unsigned long long)st->pairs_shard);
+}
+
+/* Neural options given on the command line (< 0: the preset's). */
+typedef struct neural_cli {
+    const char *weights;
+    double depth, width, filter, mthr;
+    int sinkhorn;
+} neural_cli;
+
+/* --preset and its options into o (o->matcher points to *mc for a neural
+ * preset). Returns 0, or the exit status of a usage error. */
+static int apply_preset(const char *preset, int mutual, double ratio, double dist,
+                        const neural_cli *nc, fst_matcher_conf *mc, fst_run_opts *o)
+{
+    if (fst_matcher_preset(preset ? preset : "NN-mutual", mc) != FST_OK)
+        return fst__cli_usage("match", usage_line, "--preset %s: %s", preset, fst_errdetail());
+    bool lg = mc->algo == FST_ALGO_LIGHTGLUE, sg = mc->algo == FST_ALGO_SUPERGLUE;
+    const char *bad = !lg && nc->depth >= 0 ? "--depth-confidence"
+                    : !lg && nc->width >= 0 ? "--width-confidence"
+                    : !lg && nc->filter >= 0 ? "--filter-threshold"
+                    : !sg && nc->sinkhorn >= 0 ? "--sinkhorn-iterations"
+                    : !sg && nc->mthr >= 0 ? "--match-threshold"
+                    : mc->algo == FST_ALGO_NN && nc->weights ? "--weights"
+                    : mc->algo != FST_ALGO_NN && mutual >= 0 ? "--mutual/--no-mutual"
+                    : mc->algo != FST_ALGO_NN && ratio >= 0 ? "--ratio-threshold"
+                    : mc->algo != FST_ALGO_NN && dist >= 0 ? "--distance-threshold" : NULL;
+    if (bad)
+        return fst__cli_usage("match", usage_line, "%s does not apply to --preset %s", bad,
+                              mc->preset);
+    if (mc->algo == FST_ALGO_NN) {
+        o->match = mc->nn;
+        if (mutual >= 0) o->match.mutual = mutual;
+        if (ratio >= 0) o->match.ratio_threshold = ratio;
+        if (dist >= 0) o->match.distance_threshold = dist;
+        return 0;
+    }
+    if (!nc->weights) {
+        fprintf(stderr, "featstore match: %s\n", fst_matcher_weights_hint(mc->preset));
+        return 2;
+    }
+    mc->weights = nc->weights;
+    if (nc->depth >= 0) mc->depth_confidence = nc->depth;
+    if (nc->width >= 0) mc->width_confidence = nc->width;
+    if (nc->filter >= 0) mc->filter_threshold = nc->filter;
+    if (nc->mthr >= 0) mc->match_threshold = nc->mthr;
+    if (nc->sinkhorn >= 0) mc->sinkhorn_iterations = nc->sinkhorn;
+    o->matcher = mc;
+    return 0;
 }
 
 int fst_cmd_match(int argc, char **argv)
@@ -350,6 +417,12 @@ int fst_cmd_match(int argc, char **argv)
         {"help", no_argument, 0, 'h'},
         {"no-verify", no_argument, 0, OPT_NO_VERIFY},
         {"stall-timeout", required_argument, 0, OPT_STALL},
+        {"weights", required_argument, 0, OPT_WEIGHTS},
+        {"depth-confidence", required_argument, 0, OPT_DEPTH},
+        {"width-confidence", required_argument, 0, OPT_WIDTH},
+        {"filter-threshold", required_argument, 0, OPT_FILTER},
+        {"sinkhorn-iterations", required_argument, 0, OPT_SINKHORN},
+        {"match-threshold", required_argument, 0, OPT_MTHR},
         {0, 0, 0, 0},
     };
     fst_run_opts o = fst_run_opts_default();
@@ -360,6 +433,8 @@ int fst_cmd_match(int argc, char **argv)
     int mutual = -1;
     double ratio = -1, dist = -1;
     const char *shard = NULL;
+    neural_cli nc = {NULL, -1, -1, -1, -1, -1};
+    fst_matcher_conf mc;
     int c, li = 0;
     optind = 1;
     opterr = 0;
@@ -397,6 +472,22 @@ int fst_cmd_match(int argc, char **argv)
                 return fst__cli_usage("match", usage_line, "%s: expected a number >= 0, not "
                                       "'%s'", optname, optarg);
             break;
+        case OPT_WEIGHTS: nc.weights = optarg; break;
+        case OPT_DEPTH:
+        case OPT_WIDTH:
+        case OPT_FILTER:
+        case OPT_MTHR:
+            if (!parse_thr(optarg, c == OPT_DEPTH ? &nc.depth : c == OPT_WIDTH ? &nc.width
+                                   : c == OPT_FILTER ? &nc.filter : &nc.mthr))
+                return fst__cli_usage("match", usage_line, "%s: expected a number >= 0, not "
+                                      "'%s'", optname, optarg);
+            break;
+        case OPT_SINKHORN: {
+            uint32_t it;
+            if (fst__cli_u32("match", optname, optarg, 1, 100000, &it)) return 2;
+            nc.sinkhorn = (int)it;
+            break;
+        }
         case OPT_QUERY: o.query = optarg; break;
         case OPT_DTYPE:
             if (!strcmp(optarg, "int16")) o.index_size = 2;
@@ -416,6 +507,7 @@ int fst_cmd_match(int argc, char **argv)
             break;
         case 'h':
             fputs(usage_text, stdout);
+            printf("\npresets:\n%s", fst_matcher_preset_help());
             return 0;
         case OPT_NO_VERIFY: o.no_verify = true; break;
         case OPT_STALL:
@@ -432,9 +524,8 @@ int fst_cmd_match(int argc, char **argv)
         return fst__cli_usage("match", usage_line, "expected STORE PAIRS.txt -o MATCHES.h5");
     o.store = argv[optind];
     o.pairs = argv[optind + 1];
-    if (preset && fst_match_preset(preset, &o.match) != FST_OK)
-        return fst__cli_usage("match", usage_line, "--preset %s: expected NN-mutual, NN-ratio "
-                              "or NN-superpoint", preset);
+    int pc = apply_preset(preset, mutual, ratio, dist, &nc, &mc, &o);
+    if (pc) return pc;
     {
         char err[300];
         int rc = fst__shard_resolve(shard, &o.shard_k, &o.shard_n, &shard_source, err,
@@ -445,9 +536,6 @@ int fst_cmd_match(int argc, char **argv)
             return 1;
         }
     }
-    if (mutual >= 0) o.match.mutual = mutual;
-    if (ratio >= 0) o.match.ratio_threshold = ratio;
-    if (dist >= 0) o.match.distance_threshold = dist;
 
     o.progress = on_progress;
     o.notice = on_notice;
@@ -493,7 +581,9 @@ int fst_cmd_match(int argc, char **argv)
         else
             fst_cmd_error("match", s);
     }
-    if (u.json) print_json(&st, &o, s, s ? err : NULL, code);
+    if (u.json)
+        print_json(&st, &o, s, s ? err : NULL, code, mc.preset,
+                   o.matcher ? o.matcher->weights : NULL);
     fst_run_stats_free(&st);
     return code;
 }

@@ -20,6 +20,7 @@
 #include "fst_journal.h"
 #include "fst_loader.h"
 #include "fst_store.h"
+#include "fst_format.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -106,6 +107,7 @@ typedef struct run {
     char              **gpus;            /* CUDA_VISIBLE_DEVICES value per GPU */
     uint32_t            ngpu;
     char               *wparams;         /* cpu backend params */
+    char               *mtext;           /* neural matcher's conf text, or NULL */
     const char         *store_path;
     char               *query_store;     /* store the workers open, or NULL */
     char               *query_tmp;       /* our temporary import, removed at end */
@@ -477,6 +479,24 @@ static fst_status build_params(run *R, char **out)
              o->match.mutual ? 1 : 0,
              o->match.ratio_threshold, o->match.distance_threshold,
              o->index_size == 4 ? "int32" : "int16", o->overwrite ? 1 : 0);
+    if (R->mtext) {
+        /* a neural matcher: its settings and its weights' hash, not their
+         * path (the same tensors in a moved file resume) */
+        size_t l = strlen(p), ml = strlen(R->mtext);
+        char *q = realloc(p, l + ml + 1);
+        if (!q) { free(p); return fst__fail(FST_ENOMEM, "journal parameters"); }
+        p = q;
+        for (const char *m = R->mtext; *m;) {
+            const char *e = strchr(m, '\n');
+            size_t n = e ? (size_t)(e - m) + 1 : strlen(m);
+            if (strncmp(m, "weights=", 8)) {
+                memcpy(p + l, m, n);
+                l += n;
+            }
+            m += n;
+        }
+        p[l] = '\0';
+    }
     *out = p;
     return FST_OK;
 }
@@ -509,6 +529,20 @@ static void params_diff(const char *a, const char *b, char *buf, size_t len)
         const char *ea = strchr(a, '\n'), *eb = strchr(b, '\n');
         size_t la = ea ? (size_t)(ea - a) : strlen(a), lb = eb ? (size_t)(eb - b) : strlen(b);
         if (la != lb || memcmp(a, b, la)) {
+            if (!*a || !*b) {
+                /* one side has lines the other lacks: a neural matcher's
+                 * (an NN run journals none of them) */
+                const char *k = *a ? a : b;
+                const char *eq = memchr(k, '=', *a ? la : lb);
+                int kl = eq ? (int)(eq - k) : (int)(*a ? la : lb);
+                int vl = (int)((*a ? la : lb) - (size_t)kl - (eq ? 1 : 0));
+                bool algo = kl == 9 && !memcmp(k, "algorithm", 9);
+                char v[256];
+                shown_value(eq ? eq + 1 : k, vl, v, sizeof v);
+                snprintf(buf, len, "%.*s was '%s', now '%s'", kl, k, *a ? v : algo ? "nn" : "",
+                         *b ? v : algo ? "nn" : "");
+                return;
+            }
             const char *eq = memchr(b, '=', lb);
             int kl = eq ? (int)(eq - b) : (int)lb;
             const char *va = memchr(a, '=', la);
@@ -827,6 +861,7 @@ static fst_status plan_devices(run *R)
     fst_status s;
     const fst_run_opts *o = R->o;
     const char *dev = o->device && *o->device ? o->device : "auto";
+    if (R->mtext) dev = "cpu";           /* checked by plan_matcher() */
     /* FST_TEST_FAKE_CUDA (tests only, see fst_worker.h): act as if built. */
     bool built = fst_backend_available("cuda");
 #if FST_TEST_HOOKS
@@ -854,6 +889,43 @@ static fst_status plan_devices(run *R)
     return FST_OK;
 out:
     return s;
+}
+
+/* A neural matcher (fst_matcher.h): CPU only; its conf text (weights
+ * hashed) for the journal and the workers; the weights checked against the
+ * store once here, so a wrong file is one message, not one per worker. */
+static fst_status plan_matcher(run *R)
+{
+    const fst_run_opts *o = R->o;
+    if (!o->matcher || o->matcher->algo == FST_ALGO_NN) return FST_OK;
+    const char *dev = o->device && *o->device ? o->device : "auto";
+    if (strcmp(dev, "cpu") && strcmp(dev, "auto"))
+        return fst__fail(FST_EINVAL, "--device %s: the %s matcher runs on the CPU only "
+                         "(use --device cpu)", dev, o->matcher->preset ? o->matcher->preset
+                                                                       : "neural");
+    if (o->threads > 1)
+        return fst__fail(FST_EINVAL, "--threads %u: the %s matcher runs one thread per "
+                         "worker (use --workers)", o->threads, o->matcher->preset
+                         ? o->matcher->preset : "neural");
+    if (o->backend_params && *o->backend_params)
+        return fst__fail(FST_EINVAL, "--backend-params %s: the %s matcher takes none",
+                         o->backend_params, o->matcher->preset ? o->matcher->preset : "neural");
+    if (o->matcher->scale_ori && R->meta.format_minor < FST_FORMAT_MINOR_SO)
+        /* no record of this store holds scales or orientations (a store
+         * holds them from format 1.2 on): refuse up front rather than fail
+         * every pair; a store that has some gets them checked per image */
+        return fst__fail(FST_EINVAL, "%s: %s needs keypoint scales and orientations, which "
+                         "no image of the store holds (image '%s'; import the features "
+                         "file of hloc's DoG extractor, which writes `scales` and `oris`)",
+                         o->store,
+                         o->matcher->preset ? o->matcher->preset : "LightGlue",
+                         fst_pairs_count(R->pairs) ? fst_pairs_name(R->pairs,
+                             fst_pairs_get(R->pairs, 0).i0) : "(none)");
+    fst_status s = fst_matcher_conf_text(o->matcher, &R->mtext);
+    if (s) return s;
+    s = fst_matcher_check_weights(R->mtext, R->meta.d);
+    if (s) return fst__failpre(s, "%s: ", o->store);
+    return FST_OK;
 }
 
 /* How many workers, and which device each. */
@@ -923,7 +995,9 @@ static fst_status queue_config(run *R, wk *w)
         .chunk = R->cuda ? 0 : 8,
         .slot = w->slot,
         .verify = !o->no_verify,
+        .matcher = R->mtext ? R->mtext : "",
     };
+    if (R->mtext) c.params = "";   /* a neural matcher takes no backend params */
     return fst__wconfig_encode(&w->out, &c);
 }
 
@@ -1386,11 +1460,14 @@ static void kill_worker(wk *w)
 #define STALL_FACTOR     10
 #define STALL_FLOOR_CPU  60.0
 #define STALL_FLOOR_CUDA 150.0
+#define STALL_FLOOR_NEURAL 600.0   /* LightGlue at 4096 keypoints: a minute a
+                                     pair on a busy core (RESULTS.md) */
 #define STOP_GRACE_S     10.0
 #define REAP_NS          3000000000LL
 
 static int64_t default_floor_ns(const run *R)
 {
+    if (R->mtext) return (int64_t)(STALL_FLOOR_NEURAL * 1e9);
     return (int64_t)((R->cuda ? STALL_FLOOR_CUDA : STALL_FLOOR_CPU) * 1e9);
 }
 
@@ -2248,6 +2325,7 @@ fst_status fst_match_run(const fst_run_opts *o, fst_run_stats *stats)
     if (!R->jpath) { s = fst__fail(FST_ENOMEM, "%s", o->output); goto out; }
     /* `<out>.query-<pid>.fst` (and its lock and temporaries) of dead runs */
     fst__remove_stale(o->output, ".query-", (const char *const[]){".fst*", NULL}, false);
+    FST_TRY(plan_matcher(R));
     FST_TRY(plan_devices(R));
     /* a typo in --backend-params stops here, before any journal or worker */
     if ((s = fst_backend_check_params(R->cuda ? "cuda" : "cpu", o->backend_params))) {
@@ -2417,6 +2495,7 @@ out:
     free(R->w);
     free(R->todo);
     free(R->wparams);
+    free(R->mtext);
     free(R->query_store);
     free(R->query_tmp);
     free(R->jpath);

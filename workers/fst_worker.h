@@ -34,6 +34,7 @@
 
 #include "fst_base.h"
 #include "fst_kernels.h"
+#include "fst_matcher.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -187,6 +188,11 @@ typedef struct fst_run_opts {
     uint32_t    threads;        /* cpu backend threads per worker, 0 = 1 */
     const char *backend_params; /* extra "k=v,..." for every worker; NULL */
     fst_match_opts match;       /* matcher options */
+    const fst_matcher_conf *matcher; /* NULL or FST_ALGO_NN: `match` above;
+                                   else a neural matcher (LightGlue,
+                                   SuperGlue: CPU workers only; its weights
+                                   and settings are part of the journal's
+                                   parameters) */
     uint32_t    index_size;     /* matches0 bytes: 2 (int16, hloc) or 4 */
     bool        overwrite;      /* recompute pairs already in the output;
                                    start a new journal if the old one's
@@ -228,7 +234,8 @@ typedef struct fst_run_opts {
                                    seen x its pairs in hand) is killed and its
                                    pairs requeued; also bounds the graceful
                                    stop (at most min(this, 10 s)).
-                                   0: 60 s (cpu), 150 s (cuda) */
+                                   0: 60 s (cpu), 150 s (cuda), 600 s
+                                   (a neural matcher) */
 } fst_run_opts;
 
 /* fst_run_opts_default() : hloc's NN-mutual, int16, auto device, no

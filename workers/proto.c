@@ -225,7 +225,7 @@ fst_status fst__wconfig_encode(fst__buf *b, const fst__wconfig *c)
         (s = fst__msg_u32(b, c->mutual)) || (s = fst__msg_f64(b, c->ratio)) ||
         (s = fst__msg_f64(b, c->distance)) || (s = fst__msg_u32(b, c->index_size)) ||
         (s = fst__msg_u32(b, c->chunk)) || (s = fst__msg_u32(b, c->slot)) ||
-        (s = fst__msg_u32(b, c->verify)))
+        (s = fst__msg_u32(b, c->verify)) || (s = fst__msg_str(b, c->matcher)))
         return s;
     fst__msg_end(b, start);
     return FST_OK;
@@ -258,8 +258,16 @@ fst_status fst__wconfig_decode(fst__rd *r, fst__wconfig *c, char **strings)
     c->chunk = fst__rd_u32(r);
     c->slot = fst__rd_u32(r);
     c->verify = fst__rd_u32(r);
-    if (r->bad || (c->index_size != 2 && c->index_size != 4)) {
-        for (int k = 0; k < 4; k++) {
+    uint32_t ml;
+    const char *mp = fst__rd_str(r, &ml);
+    strings[4] = r->bad ? NULL : malloc((size_t)ml + 1);
+    if (strings[4]) {
+        memcpy(strings[4], mp, ml);
+        strings[4][ml] = '\0';
+    }
+    c->matcher = strings[4];
+    if (r->bad || !strings[4] || (c->index_size != 2 && c->index_size != 4)) {
+        for (int k = 0; k < 5; k++) {
             free(strings[k]);
             strings[k] = NULL;
         }

@@ -31,9 +31,10 @@ typedef struct wpair {
 typedef struct wstate {
     int            fd;
     fst__wconfig   cfg;
-    char          *strs[4];
+    char          *strs[5];
     fst_store     *st, *qst;
     fst_backend   *be;
+    fst_matcher   *nm;           /* a neural matcher instead of be */
     fst__buf       in, out;
     /* per batch, grown and reused */
     wpair         *pairs;
@@ -279,7 +280,8 @@ static fst_status run_chunk(wstate *w, uint32_t batch, fst_reader *rd, fst_reade
         w->jobs[j].status = FST_OK;
     }
     if (w->delay_ms) sleep_ms(w->delay_ms * (unsigned)(e - b));
-    if (nj) fst_backend_match_batch(w->be, w->jobs, nj);
+    if (nj && w->nm) fst_matcher_match_batch(w->nm, w->jobs, nj);
+    else if (nj) fst_backend_match_batch(w->be, w->jobs, nj);
     for (size_t j = 0; j < nj; j++) {
         const wpair *p = &w->pairs[w->jpair[j]];
         fst_status js = w->jobs[j].status;
@@ -293,7 +295,8 @@ static fst_status run_chunk(wstate *w, uint32_t batch, fst_reader *rd, fst_reade
         }
         if (js != FST_OK) {
             /* Run it alone for its own detail message. */
-            fst_backend_match(w->be, w->jobs[j].a, w->jobs[j].b, w->jobs[j].out);
+            if (w->nm) fst_matcher_match(w->nm, w->jobs[j].a, w->jobs[j].b, w->jobs[j].out);
+            else fst_backend_match(w->be, w->jobs[j].a, w->jobs[j].b, w->jobs[j].out);
             char d[1100];
             snprintf(d, sizeof d, "%s", fst_errdetail());
             FST_TRY(add_result_error(w, batch, p->id, js, w->va[j].n, d));
@@ -376,11 +379,31 @@ static bool in_list(const char *list, const char *item)
     return false;
 }
 
+/* A neural matcher: the weights read once per worker, the model checked
+ * against the store (and query) before any pair. */
+static fst_status open_neural(wstate *w)
+{
+    fst_status s;
+    fst_store_meta meta;
+    FST_TRY(fst_matcher_open(w->cfg.matcher, "cpu", NULL, &w->nm));
+    FST_TRY(fst_store_meta_get(w->st, &meta));
+    if ((s = fst_matcher_check_store(w->nm, meta.d)))
+        return fst__failpre(s, "%s: ", w->cfg.store);
+    if (w->qst) {
+        FST_TRY(fst_store_meta_get(w->qst, &meta));
+        if ((s = fst_matcher_check_store(w->nm, meta.d)))
+            return fst__failpre(s, "%s: ", w->cfg.query);
+    }
+out:
+    return s;
+}
+
 static fst_status open_all(wstate *w)
 {
     fst_status s;
     FST_TRY(fst_store_open(w->cfg.store, 0, &w->st));
     if (w->cfg.query[0]) FST_TRY(fst_store_open(w->cfg.query, 0, &w->qst));
+    if (w->cfg.matcher[0]) return open_neural(w);
     fst_match_opts mo = fst_match_opts_default();
     mo.mutual = w->cfg.mutual != 0;
     mo.ratio_threshold = w->cfg.ratio;
@@ -433,7 +456,8 @@ fst_status fst_worker_main(int fd)
     }
     FST_TRY(fst__wconfig_decode(&r, &w.cfg, w.strs));
     fst_status o = open_all(&w);
-    FST_TRY(send_status(&w, FST__MSG_READY, o, w.be ? fst_backend_name(w.be) : w.cfg.backend));
+    FST_TRY(send_status(&w, FST__MSG_READY, o, w.be ? fst_backend_name(w.be)
+                                              : w.nm ? fst_matcher_device(w.nm) : w.cfg.backend));
     if (o != FST_OK) {
         s = o;
         goto out;
@@ -460,9 +484,10 @@ fst_status fst_worker_main(int fd)
     }
 out:
     fst_backend_close(w.be);
+    fst_matcher_close(w.nm);
     fst_store_close(w.qst);
     fst_store_close(w.st);
-    for (int i = 0; i < 4; i++) free(w.strs[i]);
+    for (int i = 0; i < 5; i++) free(w.strs[i]);
     fst__buf_free(&w.in);
     fst__buf_free(&w.out);
     free(w.pairs); free(w.va); free(w.vb); free(w.jobs); free(w.outs); free(w.jpair);

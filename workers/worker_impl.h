@@ -64,6 +64,8 @@ typedef struct fst__wconfig {
     uint32_t    slot;         /* the worker's number, for messages */
     uint32_t    verify;       /* 1: check each image's checksum the first
                                  time this worker reads it */
+    const char *matcher;      /* fst_matcher_conf_text() of a neural
+                                 matcher, or "" (nn: the fields above) */
 } fst__wconfig;
 
 /* A growing byte buffer: messages are built here and read from here. */
@@ -124,7 +126,7 @@ fst_status fst__wconfig_encode(fst__buf *b, const fst__wconfig *c);
  * On failure every strings[i] is freed and NULL (freeing them again is
  * harmless). @return FST_OK; FST_ENOMEM; FST_EFORMAT. */
 fst_status fst__wconfig_decode(fst__rd *r, fst__wconfig *c,
-                               char **strings /* 4 malloc'd copies */);
+                               char **strings /* 5 malloc'd copies */);
 
 /* ---- hash tables ---- */
 

@@ -23,10 +23,10 @@ static void decode(uint32_t type, fst__rd *r)
     switch (type) {
     case FST__MSG_CONFIG: {
         fst__wconfig c;
-        char *strings[4];
+        char *strings[5];
         if (fst__wconfig_decode(r, &c, strings) == FST_OK) {
             FUZZ_CHECK(c.index_size == 2 || c.index_size == 4);
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < 5; i++)
                 free(strings[i]);
         }
         break;

@@ -50,6 +50,14 @@ command as a user would ($FEATSTORE), and reads the output the way hloc does
   shard             --shard K/N and Slurm's environment: parts, summary, --json
   merge             featstore merge: parts = a single run, byte for byte; parts
                     of other runs, missing, duplicate and failed shards refused
+  neural            every LightGlue / SuperGlue preset with small random
+                    weights (neural_weights.py): 1 and 2 workers identical and
+                    equal to fst_nn_match() called directly (nn_direct); kill -9
+                    and resume to the identical file; missing weights, wrong-D
+                    weights, --device cuda, sift without scales refused with
+                    one message; sift+lightglue with DoG scales and oris equal
+                    to fst_nn_match, an image without them failed by name; a resume with other weights or options refused;
+                    .pth files (where torch is installed) equal to safetensors
 """
 import json
 import os
@@ -1713,6 +1721,227 @@ def case_merge(w):
     r = run(["merge", out, p4[0], w.p("nope.h5")], expect=1)
     assert "nope.h5" in r.stderr, r.stderr
     run(["merge", out], expect=2)
+def direct(kind, weights, store, pairs, *conf):
+    """{(name0, name1): (matches0, scores0 as float16 bits)} from nn_direct."""
+    exe = os.environ.get("FST_NN_DIRECT")
+    assert exe, "FST_NN_DIRECT not set (run through meson test)"
+    r = subprocess.run([exe, kind, weights, store, pairs, *conf], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for line in r.stdout.splitlines():
+        left, right = line.split("|")
+        f = left.split()
+        out[(f[0], f[1])] = ([int(x) for x in f[2:]], [int(x) for x in right.split()])
+    return out
+
+
+def read_matches(path, pairs):
+    got = {}
+    with h5py.File(path, "r") as f:
+        for a, b in pairs:
+            g = f[hloc_io.names_to_pair(a, b)]
+            got[(a, b)] = ([int(x) for x in g["matches0"][()]],
+                           [int(x) for x in g["matching_scores0"][()].view(np.uint16)])
+            assert g["matches0"].dtype == np.int16, g["matches0"].dtype
+            assert g["matching_scores0"].dtype == np.float16
+    return got
+
+
+def case_neural(w):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import neural_weights
+    imgs = make_images(n_images=7, d=256, kmin=30, kmax=90)   # + no / one keypoint
+    h5 = w.p("features.h5")
+    write_features(h5, imgs)
+    store = w.p("db.fst")
+    run(["import", h5, store, "--quiet"])
+    names = sorted(n for n in imgs if n.startswith("db/"))
+    text = pairs_text(names, step=(1, 2, 3))
+    expect = hloc_io.hloc_pairs(text)
+    pairs = w.write("pairs.txt", text)
+    lg = neural_weights.write(w.p("lg.safetensors"), "lightglue", seed=1)
+    lg2 = neural_weights.write(w.p("lg2.safetensors"), "lightglue", seed=2)
+    sg = neural_weights.write(w.p("sg.safetensors"), "superglue", seed=1)
+    lg128 = neural_weights.write(w.p("lg128.safetensors"), "lightglue", seed=1, input_dim=128,
+                                 scale_ori=True)
+    # preset, weights, extra options, nn_direct's kind and conf
+    runs = [("superpoint+lightglue", lg, [], "lightglue", []),
+            ("disk+lightglue", lg, [], "lightglue", []),
+            ("aliked+lightglue", lg2, ["--depth-confidence", "0", "--width-confidence", "0.5",
+                                       "--filter-threshold", "0.3"],
+             "lightglue", ["depth=0", "width=0.5", "filter=0.3"]),
+            ("superglue", sg, ["--match-threshold", "0.05"], "superglue", ["match=0.05"]),
+            ("superglue-fast", sg, ["--match-threshold", "0.05"], "superglue",
+             ["match=0.05", "sinkhorn=5"])]
+    unique = w.write("unique.txt", "".join(f"{a} {b}\n" for a, b in expect))  # hloc's pairs
+    refs = {}
+    for preset, wt, extra, kind, conf in runs:
+        outs = []
+        for nw in (1, 2):
+            out = w.p(f"{preset}-{nw}.h5")
+            js, _ = match(store, pairs, out, "--preset", preset, "--weights", wt,
+                          "--workers", str(nw), *extra)
+            assert js["status"] == "ok" and js["pairs"] == len(expect), js
+            assert js["preset"] == preset and js["weights"] == wt, js
+            assert js["backend"] == "cpu", js
+            outs.append(out)
+        assert_same_output(outs[0], outs[1])
+        got = read_matches(outs[0], expect)
+        ref = direct(kind, wt, store, unique, *conf)
+        assert set(ref) == set(got), (sorted(set(ref) ^ set(got))[:4])
+        nmatch = 0
+        for k in got:
+            assert got[k] == ref[k], f"{preset} {k}: featstore differs from fst_nn_match"
+            nmatch += sum(1 for x in got[k][0] if x >= 0)
+        assert nmatch > 0, f"{preset}: no matches at all (weights too random for a test)"
+        log(f"{preset}: {len(got)} pairs, {nmatch} matches, equal to fst_nn_match")
+        refs[preset] = outs[0]
+    # --query: the first image of each pair from an hloc features.h5
+    js, _ = match(store, pairs, w.p("q.h5"), "--preset", "superpoint+lightglue", "--weights",
+                  lg, "--query", h5)
+    assert js["pairs"] == len(expect), js
+    assert_same_output(w.p("q.h5"), refs["superpoint+lightglue"])
+    # the options matter: the same weights without them differ
+    a = read_matches(refs["superglue"], expect)
+    b = read_matches(refs["superglue-fast"], expect)
+    assert a != b, "5 and 50 Sinkhorn iterations gave the same output"
+
+    # kill -9 of the coordinator, then resume: identical
+    for preset, wt, extra in (("superpoint+lightglue", lg, []),
+                              ("superglue", sg, ["--match-threshold", "0.05"])):
+        out = w.p(f"k-{preset}.h5")
+        lgf = w.p(f"k-{preset}.log")
+        interrupt(store, pairs, out, lgf, "--preset", preset, "--weights", wt, *extra,
+                  n=3, ms=60, kill9=True)
+        js, _ = match(store, pairs, out, "--preset", preset, "--weights", wt, *extra)
+        assert js["pairs_resumed"] > 0 and js["pairs_resumed"] + js["pairs"] == len(expect), js
+        assert_same_output(out, refs[preset])
+        with open(out, "rb") as x, open(refs[preset], "rb") as y:
+            assert x.read() == y.read(), f"{preset}: resumed output not byte-identical"
+
+    # a resume with other weights, other options or another algorithm: refused
+    out = w.p("r.h5")
+    interrupt(store, pairs, out, w.p("r.log"), "--preset", "superpoint+lightglue", "--weights",
+              lg, n=3, ms=60)
+    for args, what in ((["--preset", "superpoint+lightglue", "--weights", lg2], "weights_xxh3"),
+                       (["--preset", "superpoint+lightglue", "--weights", lg,
+                         "--depth-confidence", "0.5"], "depth_confidence"),
+                       (["--preset", "superglue", "--weights", sg], "algorithm"),
+                       ([], "algorithm")):
+        r = run(["match", store, pairs, "-o", out, *args], expect=1)
+        assert "other parameters" in r.stderr and what in r.stderr, (args, r.stderr)
+    # the same tensors in another file: resumed (the journal keeps their hash)
+    moved = w.p("moved.safetensors")
+    shutil.copy(lg, moved)
+    js, _ = match(store, pairs, out, "--preset", "superpoint+lightglue", "--weights", moved)
+    assert js["pairs_resumed"] > 0, js
+    assert_same_output(out, refs["superpoint+lightglue"])
+
+    # no weights: one line naming the file and where it is published
+    for preset, fname, where in (("superpoint+lightglue", "superpoint_lightglue.pth",
+                                  "github.com/cvg/LightGlue"),
+                                 ("doghardnet+lightglue", "doghardnet_lightglue.pth",
+                                  "github.com/cvg/LightGlue"),
+                                 ("superglue-fast", "superglue_outdoor.pth",
+                                  "magicleap/SuperGluePretrainedNetwork")):
+        r = run(["match", store, pairs, "-o", w.p("n.h5"), "--preset", preset], expect=2)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and fname in lines[0] and where in lines[0], r.stderr
+    # weights for another descriptor size: one message, naming the tensor and both sizes
+    r = run(["match", store, pairs, "-o", w.p("n.h5"), "--preset", "superpoint+lightglue",
+             "--weights", lg128, "--workers", "3"], expect=1)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "input_proj.weight" in lines[0] and "128" in lines[0] and "256" in lines[0], r.stderr
+    assert not os.path.exists(w.p("n.h5.journal")), "a journal for a refused run"
+    # options of the other algorithm, a neural preset on CUDA: refused
+    r = run(["match", store, pairs, "-o", w.p("n.h5"), "--preset", "superglue", "--weights",
+             sg, "--depth-confidence", "0.5"], expect=2)
+    assert "--depth-confidence" in r.stderr and "superglue" in r.stderr, r.stderr
+    r = run(["match", store, pairs, "-o", w.p("n.h5"), "--preset", "NN-ratio", "--weights",
+             sg], expect=2)
+    assert "--weights" in r.stderr, r.stderr
+    r = run(["match", store, pairs, "-o", w.p("n.h5"), "--preset", "superglue", "--weights",
+             sg, "--device", "cuda"], expect=1)
+    assert "CPU only" in r.stderr and "superglue" in r.stderr, r.stderr
+    for extra in (["--threads", "2"], ["--backend-params", "isa=scalar"]):
+        r = run(["match", store, pairs, "-o", w.p("n.h5"), "--preset", "superglue",
+                 "--weights", sg, *extra], expect=1)
+        assert extra[0] in r.stderr and "superglue" in r.stderr, r.stderr
+    # SIFT LightGlue needs scales and orientations, which the store lacks
+    sift = make_images(n_images=3, d=128, kmin=20, kmax=40, prefix="s/img", extra=False)
+    write_features(w.p("sift.h5"), sift)
+    sstore = w.p("sift.fst")
+    run(["import", w.p("sift.h5"), sstore, "--quiet"])
+    sn = sorted(sift)
+    spairs = w.write("spairs.txt", pairs_text(sn, extra=False, step=(1,)))
+    r = run(["match", sstore, spairs, "-o", w.p("s.h5"), "--preset", "sift+lightglue",
+             "--weights", lg128], expect=1)
+    assert "scales and orientations" in r.stderr and sn[0] in r.stderr, r.stderr
+    # ... and with them (hloc's DoG extractor writes `scales` and `oris`):
+    # the same as fst_nn_match fed those blocks; an image without them fails
+    # its pairs by name, the rest is written
+    dog = w.p("dog.h5")
+    write_features(dog, sift)
+    with h5py.File(dog, "a") as f:
+        for nm in sn:
+            n = f[nm]["keypoints"].shape[0]
+            f[nm].create_dataset("scales", data=(1 + 9 * RNG.random(n)).astype(np.float32))
+            f[nm].create_dataset("oris", data=(np.pi * (2 * RNG.random(n) - 1)).astype(np.float32))
+    dstore = w.p("dog.fst")
+    run(["import", dog, dstore, "--quiet"])
+    dexpect = hloc_io.hloc_pairs(open(spairs).read())
+    js, _ = match(dstore, spairs, w.p("d.h5"), "--preset", "sift+lightglue", "--weights",
+                  lg128, "--workers", "2")
+    assert js["status"] == "ok" and js["pairs"] == len(dexpect), js
+    got = read_matches(w.p("d.h5"), dexpect)
+    dunique = w.write("dunique.txt", "".join(f"{a} {b}\n" for a, b in dexpect))
+    ref = direct("lightglue", lg128, dstore, dunique)
+    assert set(ref) == set(got) and all(got[k] == ref[k] for k in got), "sift+lightglue differs"
+    with h5py.File(dog, "a") as f:
+        del f[sn[1]]["scales"]
+    dstore2 = w.p("dog2.fst")
+    run(["import", dog, dstore2, "--quiet"])
+    r = run(["match", dstore2, spairs, "-o", w.p("d2.h5"), "--preset", "sift+lightglue",
+             "--weights", lg128, "--workers", "1"], expect=1)
+    assert sn[1] in r.stderr and "scales" in r.stderr, r.stderr
+    got2 = read_matches(w.p("d2.h5"), [p for p in dexpect if sn[1] not in p])
+    assert all(got2[k] == ref[k] for k in got2), "sift+lightglue: the other pairs differ"
+    # .pth as published: LightGlue's old `self_attn.N` names in torch's zip
+    # format, SuperGlue in the legacy format with int64 BatchNorm counters;
+    # the same output as the safetensors files. Only where Debian's
+    # python3-torch is installed (nothing else needs it).
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        log("no torch: .pth weights not checked here (tests/weights covers the reader)")
+    if torch is not None:
+        import re
+        old = {}
+        for k, v in neural_weights.tensors("lightglue", seed=1).items():
+            m = re.match(r"transformers\.(\d+)\.(self_attn|cross_attn)\.(.*)", k)
+            old[f"{m.group(2)}.{m.group(1)}.{m.group(3)}" if m else k] = torch.from_numpy(v)
+        torch.save(old, w.p("lg.pth"))
+        sgt = {}
+        for k, v in neural_weights.tensors("superglue", seed=1).items():
+            sgt[k] = torch.from_numpy(v)
+            if k.endswith("running_var"):
+                sgt[k[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(7)
+        torch.save(sgt, w.p("sg.pth"), _use_new_zipfile_serialization=False)
+        for preset, wt, extra in (("superpoint+lightglue", w.p("lg.pth"), []),
+                                  ("superglue", w.p("sg.pth"), ["--match-threshold", "0.05"])):
+            out = w.p(f"pth-{preset}.h5")
+            match(store, pairs, out, "--preset", preset, "--weights", wt, *extra)
+            assert_same_output(out, refs[preset])
+        log(".pth weights (zip with old names, legacy): outputs identical to safetensors")
+    # --help says what each preset sets
+    r = run(["match", "--help"])
+    for preset in ("superpoint+lightglue", "disk+lightglue", "aliked+lightglue",
+                   "sift+lightglue", "doghardnet+lightglue", "superglue", "superglue-fast"):
+        assert preset in r.stdout, preset
+    assert "50 Sinkhorn" in r.stdout and "5 Sinkhorn" in r.stdout and "0.95" in r.stdout
 
 
 CASES = {k[5:]: v for k, v in globals().items() if k.startswith("case_")}
