@@ -8,8 +8,11 @@ pairs, getting the features:
   b         through a multiprocessing.Manager() dict filled by the parent
             (pickled through the manager's server on every access);
   c         through featstore.open(): numpy views of the one shared map;
-  baseline  c's workers with an empty store and no pairs: each process's
-            interpreter + torch + model, the per-worker constant of c.
+  baseline  c's workers with an empty store, matching the same number of
+            pairs of random 2048x256 float16 tensors made in the worker:
+            each process's interpreter + torch + model + the model's
+            working buffers, and nothing of the features; the per-worker
+            constant of c.
 Measured per run: summed PSS of the whole process tree (benchmarks/pss.py,
 parent and manager included), time from the launch to the first matched
 pair, and from a worker's start (torch imported, model built: the moment it
@@ -22,6 +25,7 @@ Usage (prints one JSON line per run, and a table at the end):
 Needs PYTHONPATH to hold the featstore module (<build>/tools/python).
 """
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -33,6 +37,10 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 # torch's BLAS here is Debian's OpenBLAS (libblas.so.3 -> openblas-pthread).
 # On the AMD EPYC VMs (AVX2, no AVX-512) OPENBLAS_CORETYPE=Haswell or Zen
 # gives the same sgemm speed as its default, and SkylakeX is SIGILL.
+
+# baseline's random descriptors: the shape of the benchmark's images
+# (synth --keypoints 2048 --dim 256, float16)
+BASELINE_SHAPE = (2048, 256)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -61,7 +69,7 @@ def _loop(rank, pairs, get, events, t_ready):
     first = None
     nm = 0
     if not pairs:
-        time.sleep(2.0)                             # baseline: let the sampler see it
+        time.sleep(2.0)                             # nothing to match: let the sampler see it
     with torch.no_grad():
         for i, (a, b) in enumerate(pairs):
             d0, d1 = get(a), get(b)
@@ -93,6 +101,16 @@ def worker(rank, method, src, pairs, events):
     elif method == "b":
         get = lambda n: torch.from_numpy(                       # noqa: E731
             np.ascontiguousarray(src[n]["descriptors"].T)).float()
+    elif method == "baseline":
+        # the model's working memory without the features: the same pairs
+        # matched on two random tensors of the store's shape, made here
+        # (src is the empty store, opened as c opens its store). _loop asks
+        # for a pair's two images in turn: hand out r0, r1, r0, ...
+        store = featstore.open(src)                 # held open, as c holds its store
+        g = torch.Generator().manual_seed(rank)
+        r = [torch.randn(BASELINE_SHAPE, generator=g).to(torch.float16) for _ in range(2)]
+        turn = itertools.count()
+        get = lambda n: r[next(turn) % 2].float()                # noqa: E731
     else:
         store = featstore.open(src)
         # zero-copy view; .float() converts (and so copies) the pair's two
@@ -121,12 +139,10 @@ def one_run(method, n, features, store, empty, pairs):
         srcs = [shared] * n
     elif method == "c":
         srcs = [store] * n                          # opened in the worker, timed
-    else:                                           # baseline: empty store, no pairs
+    else:                                           # baseline: empty store, random tensors
         srcs = [empty] * n
-        slices = [[] for _ in range(n)]
     t_fill = time.monotonic()
-    procs = [ctx.Process(target=worker, args=(i, method if method != "baseline" else "c",
-                                              srcs[i], slices[i], events))
+    procs = [ctx.Process(target=worker, args=(i, method, srcs[i], slices[i], events))
              for i in range(n)]
     for p in procs:
         p.start()
