@@ -3,7 +3,8 @@
  * Each record becomes a group named by the image (nested at '/'), with the
  * datasets under the names and dtypes the source had (the record's flags
  * say which): keypoints (N, 2) with its `uncertainty` attribute,
- * descriptors (D, N), scores or keypoint_scores (N,), image_size (2,).
+ * descriptors (D, N), scores or keypoint_scores (N,), scales and oris (N,)
+ * (DoG, format 1.2), image_size (2,).
  * One record in memory at a time; written to `<dest>.tmp-<pid>` and renamed.
  */
 #include "loader_impl.h"
@@ -100,6 +101,20 @@ static fst_status write_image(exporter *ex, hid_t file, const fst_view *v)
                              v->scores, v->n, where, NULL));
     }
 
+    /* scales and oris (N,), in the dtype the source had */
+    if (v->scales) {
+        hsize_t sdims[1] = {v->n};
+        snprintf(where, sizeof where, "%s: /%s/scales", ex->dest, v->name);
+        FST_TRY(write_floats(ex, g, "scales", (v->flags & FST_VIEW_SCALES_F16) != 0, 1,
+                             sdims, v->scales, v->n, where, NULL));
+    }
+    if (v->oris) {
+        hsize_t odims[1] = {v->n};
+        snprintf(where, sizeof where, "%s: /%s/oris", ex->dest, v->name);
+        FST_TRY(write_floats(ex, g, "oris", (v->flags & FST_VIEW_ORIS_F16) != 0, 1,
+                             odims, v->oris, v->n, where, NULL));
+    }
+
     /* image_size (2,) int64 */
     if (v->flags & FST_VIEW_HAS_IMAGE_SIZE) {
         hsize_t idims[1] = {2};
@@ -152,7 +167,8 @@ static fst_status export_direct(fst_store *st, const char *dest,
             goto out;
         FST_TRY(write_image(&ex, out.h5, &v));
         done++;
-        bytes += (uint64_t)v.n * (8 + (v.scores ? 4 : 0) + v.d * fst_dtype_size(v.dtype));
+        bytes += (uint64_t)v.n * (8 + (v.scores ? 4 : 0) + (v.scales ? 4 : 0) +
+                                  (v.oris ? 4 : 0) + v.d * fst_dtype_size(v.dtype));
         double t = now_s();
         if (progress && t - last >= 0.2) {
             last = t;

@@ -34,10 +34,10 @@ typedef struct fst_import_opts {
 typedef struct fst_import_stats {
     uint64_t images_added, images_skipped;  /* skipped: identical dups */
     uint64_t keypoints, payload_bytes;      /* of the images added */
-    /* Datasets in image groups that a store does not keep (e.g. DoG's
-     * `scales`, `oris`): an export will not have them. */
+    /* Datasets in image groups that a store does not keep (any but those
+     * fst_import_h5() lists): an export will not have them. */
     uint64_t datasets_ignored;
-    char     ignored_example[256];          /* one of them, "/img/scales" */
+    char     ignored_example[256];          /* one of them, "/img/depths" */
     /* Soft and external links, which are not followed: an image reached
      * only through one is not imported. */
     uint64_t links_skipped;
@@ -50,13 +50,15 @@ typedef struct fst_import_stats {
  * appended to with opts->append), in key order. Accepted: keypoints (N, 2)
  * float32/float16; descriptors (D, N) float16/float32, transposed to
  * N x D; `scores` or `keypoint_scores` (N,) float32/float16, or neither;
+ * `scales` and `oris` (N,) float32/float16 (hloc's DoG extractor), either,
+ * both or neither, kept as float32 with their dtype flagged (format 1.2);
  * image_size (2,) of any integer type; the keypoints' `uncertainty`
  * attribute (a number). Hard links only; a group met twice is taken once;
  * soft and external links are not followed, and counted in stats.
  * Refused (FST_EFORMAT), naming file, image and dataset: a D or (without
  * opts->dtype) a dtype differing between images or from the store's; N
  * differing between datasets; wrong ranks or shapes; float64, integer or
- * other dtypes; NaN/Inf in keypoints or descriptors; a group with only
+ * other dtypes; NaN/Inf in keypoints, descriptors, scales or oris; a group with only
  * one of keypoints/descriptors, or with both scores and keypoint_scores;
  * a file with no image at all; a file that is not HDF5, truncated or
  * damaged. Other datasets in image groups are not kept (counted in stats).
@@ -76,8 +78,8 @@ fst_status fst_import_h5(const char *src, const char *dest,
 /* fst_export_h5() :
  * Write every image of `st` to `dest` in hloc's layout: a group per image
  * (nested at '/'), keypoints (N, 2), descriptors (D, N), scores or
- * keypoint_scores (N,), image_size (2,) int64, the keypoints' uncertainty
- * attribute, each under the name and dtype the imported file had (record
+ * keypoint_scores (N,), scales and oris (N,) (DoG), image_size (2,)
+ * int64, the keypoints' uncertainty attribute, each under the name and dtype the imported file had (record
  * flags), descriptors in the store's dtype. One record in memory at a
  * time; through `<dest>.tmp-<pid>`, fsync, then rename. Refuses an existing
  * `dest`. import -> export gives back every dataset and attribute bit for
@@ -118,6 +120,10 @@ typedef struct fst_synth_opts {
                                     least 4 digits); default "synth/img";
                                     no blank or control character (a
                                     pairs file could not hold the names) */
+    bool      scales_oris;       /* also write DoG-style `scales` and `oris`
+                                    (N,) per image, in the scores' dtype,
+                                    derived from the scores (every other
+                                    dataset unchanged); default false */
 } fst_synth_opts;
 
 /* fst_synth_opts_default() : the defaults above. */

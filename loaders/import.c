@@ -69,6 +69,8 @@ typedef struct slot {
     void       *desc;  size_t desccap;    /* N x D for the store */
     float      *kp;    size_t kpcap;
     float      *sc;    size_t sccap;
+    float      *sca;   size_t scacap;     /* scales */
+    float      *ori;   size_t oricap;     /* oris */
     fst_status  status;
     char        detail[1024];             /* the producer's fst_errdetail() */
 } slot;
@@ -170,11 +172,40 @@ out:
     return s;
 }
 
+/* hloc's DoG extractor writes each keypoint's `scales` and `oris` (N,),
+ * float32, or float16 under as_half: read dataset `dsname` of group g of
+ * image `name` into *buf if present (*present = 1) and check it as the
+ * keypoints are checked; the record keeps float32 and flags the dtype. */
+static fst_status read_vec(importer *im, hid_t g, const char *name,
+                           const char *dsname, uint32_t n, float **buf,
+                           size_t *cap, int *present, int *f16)
+{
+    fst_status s = FST_OK;
+    char where[1200];
+    fst__h5_dset ds = {0};
+    ds.id = ds.type = H5I_INVALID_HID;
+    *present = fst__h5_has_link(g, dsname);
+    if (!*present)
+        return FST_OK;
+    snprintf(where, sizeof where, "%s: /%s/%s", im->src, name, dsname);
+    FST_TRY(fst__h5_dset_open(g, dsname, where, &ds));
+    FST_TRY(fst__h5_dset_expect(&ds, where, 1, (const int64_t[]){n}, FST__H5_KFLOAT));
+    *f16 = ds.kind == FST__H5_F16;
+    FST_TRY(fst__grow((void **)buf, cap, (size_t)n * sizeof(float), where));
+    FST_TRY(read_floats(im, &ds, where, n, *buf));
+    size_t bad = fst__find_nonfinite32(*buf, n);
+    if (bad < n)
+        s = fst__fail(FST_EFORMAT, "%s: %s at row %zu", where,
+                      isnan((*buf)[bad]) ? "NaN" : "Inf", bad);
+out:
+    fst__h5_dset_close(&ds);
+    return s;
+}
+
 static void note_ignored(hid_t g, const char *name, importer *im, unsigned known)
 {
-    /* Datasets hloc pipelines sometimes add (DoG's `scales`, `oris`...) are
-     * not needed to match and are not kept; count them so the command can
-     * say that an export will not have them. */
+    /* Datasets a store does not know are not kept; count them so the
+     * command can say that an export will not have them. */
     H5G_info_t gi;
     if (H5Gget_info(g, &gi) < 0) {
         fst__h5_clear();
@@ -186,7 +217,8 @@ static void note_ignored(hid_t g, const char *name, importer *im, unsigned known
     if (im->ignored_example[0])
         return;
     static const char *mine[] = {"keypoints", "descriptors", "scores",
-                                 "keypoint_scores", "image_size"};
+                                 "keypoint_scores", "image_size", "scales",
+                                 "oris"};
     for (hsize_t i = 0; i < gi.nlinks; i++) {
         char ln[200];
         if (H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, ln, sizeof ln,
@@ -321,7 +353,7 @@ static fst_status read_image(importer *im, const char *name, slot *sl)
         img->flags |= FST_VIEW_DESC_CONVERTED;
 
     size_t es_in = fst_dtype_size(dt), es_out = fst_dtype_size(out_dt);
-    uint64_t rec = (uint64_t)n * (2 * sizeof(float) + sizeof(float)) +
+    uint64_t rec = (uint64_t)n * (2 * sizeof(float) + 3 * sizeof(float)) +
                    (uint64_t)n * d * (es_in > es_out ? es_in : es_out);
     if (rec > MAX_RECORD_BYTES) {
         s = fst__fail(FST_EFORMAT, "%s: %u keypoints x %u dimensions: more than the "
@@ -357,8 +389,21 @@ static fst_status read_image(importer *im, const char *name, slot *sl)
         FST_TRY(fst__h5_dset_read(&is, where, H5T_NATIVE_INT64, img->image_size));
         img->flags |= FST_VIEW_HAS_IMAGE_SIZE;
     }
+    /* scales and oris (N,), float16/float32, or neither (DoG) */
+    int has_sca = 0, has_ori = 0, f16 = 0;
+    FST_TRY(read_vec(im, g, name, "scales", n, &sl->sca, &sl->scacap, &has_sca, &f16));
+    if (has_sca) {
+        img->scales = sl->sca;
+        img->flags |= FST_VIEW_HAS_SCALES | (f16 ? FST_VIEW_SCALES_F16 : 0);
+    }
+    FST_TRY(read_vec(im, g, name, "oris", n, &sl->ori, &sl->oricap, &has_ori, &f16));
+    if (has_ori) {
+        img->oris = sl->ori;
+        img->flags |= FST_VIEW_HAS_ORIS | (f16 ? FST_VIEW_ORIS_F16 : 0);
+    }
     note_ignored(g, name, im,
-                 2u + (unsigned)(has_s || has_ks) + ((img->flags & FST_VIEW_HAS_IMAGE_SIZE) != 0));
+                 2u + (unsigned)(has_s || has_ks) + ((img->flags & FST_VIEW_HAS_IMAGE_SIZE) != 0) +
+                 (unsigned)has_sca + (unsigned)has_ori);
 
     /* Read the data. */
     snprintf(where, sizeof where, "%s: /%s/keypoints", im->src, name);
@@ -415,6 +460,7 @@ static uint64_t payload_of(const fst_image *img)
 {
     uint64_t n = img->n;
     return n * 2 * sizeof(float) + (img->scores ? n * sizeof(float) : 0) +
+           (img->scales ? n * sizeof(float) : 0) + (img->oris ? n * sizeof(float) : 0) +
            n * img->d * fst_dtype_size(img->dtype);
 }
 
@@ -525,6 +571,8 @@ static fst_status precheck(importer *im, fst_writer *w, fst_import_stats *st)
     free(sl.desc);
     free(sl.kp);
     free(sl.sc);
+    free(sl.sca);
+    free(sl.ori);
     return s;
 }
 
@@ -611,6 +659,8 @@ static fst_status run(importer *im, fst_writer *w, fst_import_stats *st)
         free(r.slots[k].desc);
         free(r.slots[k].kp);
         free(r.slots[k].sc);
+        free(r.slots[k].sca);
+        free(r.slots[k].ori);
     }
     return s;
 }

@@ -180,6 +180,34 @@ static void make_perm(uint64_t seed, uint32_t i, uint32_t k, uint32_t *perm)
 }
 
 /* Fill image i; `prev` is image i-1 (NULL for the first). */
+/* DoG-style `scales` and `oris` (N,), in the dtype of the scores: derived
+ * from the scores (no draw from the generator, so every other dataset is
+ * the same with or without them). */
+static fst_status write_scales_oris(hid_t g, float *scores, uint32_t k, bool half,
+                                    uint16_t *h16, hid_t ft, hid_t mt,
+                                    const hsize_t *sd, const char *where)
+{
+    static const char *names[2] = {"scales", "oris"};
+    fst_status s = FST_OK;
+    float *tmp = malloc(((size_t)k + 1) * sizeof *tmp);
+    if (!tmp)
+        return fst__fail(FST_ENOMEM, "%s", where);
+    for (int w = 0; w < 2 && !s; w++) {
+        for (uint32_t j = 0; j < k; j++)
+            tmp[j] = w == 0 ? 1.6f + 8.0f * scores[j]
+                            : (scores[j] * 2.0f - 1.0f) * 3.14159265f;
+        const void *src = tmp;
+        if (half) {
+            for (uint32_t j = 0; j < k; j++)
+                h16[j] = to_f16(tmp[j]);
+            src = h16;
+        }
+        s = fst__h5_write(g, names[w], ft, mt, 1, sd, src, where, NULL);
+    }
+    free(tmp);
+    return s;
+}
+
 static void make_image(const fst_synth_opts *o, uint32_t i, const image *prev, image *im,
                        float *scores)
 {
@@ -400,6 +428,8 @@ fst_status fst_synth_h5(const char *h5_path, const char *pairs_path,
             }
             s = fst__h5_write(g, "scores", ft, mt, 1, sd, ssrc, where, NULL);
         }
+        if (!s && o.scales_oris)
+            s = write_scales_oris(g, scores, k, half, h16, ft, mt, sd, where);
         if (!s)
             s = fst__h5_write(g, "image_size", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, id,
                               cur->size, where, NULL);

@@ -78,8 +78,35 @@ static bool has_scores(const fst_image *img)
     return img->scores != NULL || (img->flags & FST_VIEW_HAS_SCORES);
 }
 
+static bool has_scales(const fst_image *img)
+{
+    return img->scales != NULL || (img->flags & FST_VIEW_HAS_SCALES);
+}
+
+static bool has_oris(const fst_image *img)
+{
+    return img->oris != NULL || (img->flags & FST_VIEW_HAS_ORIS);
+}
+
+/* The record's flags: the image's, with the HAS_ bits saying which blocks
+ * the record really holds. */
+static uint32_t record_flags(const fst_image *img)
+{
+    uint32_t flags = img->flags & ~(uint32_t)(FST_VIEW_HAS_SCORES |
+                                              FST_VIEW_HAS_SCALES |
+                                              FST_VIEW_HAS_ORIS);
+    if (has_scores(img))
+        flags |= FST_VIEW_HAS_SCORES;
+    if (has_scales(img))
+        flags |= FST_VIEW_HAS_SCALES;
+    if (has_oris(img))
+        flags |= FST_VIEW_HAS_ORIS;
+    return flags;
+}
+
 typedef struct layout {
-    uint64_t name_off, name_len, kp_off, kp_len, sc_off, sc_len,
+    uint64_t header, name_off, name_len, kp_off, kp_len, sc_off, sc_len,
+             sca_off, sca_len, ori_off, ori_len,
              desc_off, desc_len, payload_end, value_len;
 } layout;
 
@@ -87,7 +114,11 @@ static bool plan(const fst_image *img, layout *L)
 {
     size_t dsize = fst_dtype_size(img->dtype);
     memset(L, 0, sizeof *L);
-    L->name_off = FST_REC_HEADER_SIZE;
+    /* Only a record with scales or oris has the 1.2 header: every other
+     * record stays byte for byte what a 1.0 writer wrote. */
+    L->header = has_scales(img) || has_oris(img) ? FST_REC_HEADER_SIZE_SO
+                                                 : FST_REC_HEADER_SIZE;
+    L->name_off = L->header;
     L->name_len = (img->name ? strlen(img->name) : 0) + 1;
     L->kp_off = place(L->name_off + L->name_len);
     L->kp_len = (uint64_t)img->n * 2 * sizeof(float);
@@ -96,6 +127,16 @@ static bool plan(const fst_image *img, layout *L)
         L->sc_off = place(end);
         L->sc_len = (uint64_t)img->n * sizeof(float);
         end = L->sc_off + L->sc_len;
+    }
+    if (has_scales(img)) {
+        L->sca_off = place(end);
+        L->sca_len = (uint64_t)img->n * sizeof(float);
+        end = L->sca_off + L->sca_len;
+    }
+    if (has_oris(img)) {
+        L->ori_off = place(end);
+        L->ori_len = (uint64_t)img->n * sizeof(float);
+        end = L->ori_off + L->ori_len;
     }
     L->desc_off = place(end);
     if (!desc_bytes(img->n, img->d, dsize, &L->desc_len) ||
@@ -113,7 +154,7 @@ size_t fst__record_size(const fst_image *img, uint64_t *payload_len)
     if (!plan(img, &L))
         return 0;
     if (payload_len)
-        *payload_len = L.payload_end - FST_REC_HEADER_SIZE;
+        *payload_len = L.payload_end - L.header;
     return (size_t)L.value_len;
 }
 
@@ -223,15 +264,15 @@ static fst_status encode(const fst_image *img, uint64_t gen, void *buf,
         return fst__fail(FST_ENOMEM, "record of image '%s'", img->name);
     }
     unsigned char *v = buf;
-    uint32_t flags = img->flags & ~(uint32_t)FST_VIEW_HAS_SCORES;
-    if (has_scores(img))
-        flags |= FST_VIEW_HAS_SCORES;
+    uint32_t flags = record_flags(img);
+    bool ext = L.header > FST_REC_HEADER_SIZE;
 
-    memset(v, 0, FST_REC_HEADER_SIZE);
+    memset(v, 0, (size_t)L.header);
     memcpy(v + FST_REC_OFF_MAGIC, FST_REC_MAGIC, 4);
     st16(v + FST_REC_OFF_MAJOR, FST_FORMAT_MAJOR);
-    st16(v + FST_REC_OFF_MINOR, FST_REC_FORMAT_MINOR);
-    st32(v + FST_REC_OFF_HEADER_SIZE, FST_REC_HEADER_SIZE);
+    st16(v + FST_REC_OFF_MINOR, ext ? FST_REC_FORMAT_MINOR_SO
+                                    : FST_REC_FORMAT_MINOR);
+    st32(v + FST_REC_OFF_HEADER_SIZE, (uint32_t)L.header);
     st32(v + FST_REC_OFF_DTYPE, (uint32_t)img->dtype);
     st32(v + FST_REC_OFF_FLAGS, flags);
     st32(v + FST_REC_OFF_N, img->n);
@@ -240,7 +281,7 @@ static fst_status encode(const fst_image *img, uint64_t gen, void *buf,
     st64(v + FST_REC_OFF_IMAGE_SIZE, (uint64_t)img->image_size[0]);
     st64(v + FST_REC_OFF_IMAGE_SIZE + 8, (uint64_t)img->image_size[1]);
     st64(v + FST_REC_OFF_GENERATION, gen);
-    st64(v + FST_REC_OFF_PAYLOAD_LEN, L.payload_end - FST_REC_HEADER_SIZE);
+    st64(v + FST_REC_OFF_PAYLOAD_LEN, L.payload_end - L.header);
     st32(v + FST_REC_OFF_NAME, (uint32_t)L.name_off);
     st32(v + FST_REC_OFF_NAME + 4, (uint32_t)L.name_len);
     st64(v + FST_REC_OFF_KP, L.kp_off);
@@ -249,10 +290,16 @@ static fst_status encode(const fst_image *img, uint64_t gen, void *buf,
     st64(v + FST_REC_OFF_SCORES + 8, L.sc_len);
     st64(v + FST_REC_OFF_DESC, L.desc_off);
     st64(v + FST_REC_OFF_DESC + 8, L.desc_len);
+    if (ext) {
+        st64(v + FST_REC_OFF_SCALES, L.sca_off);
+        st64(v + FST_REC_OFF_SCALES + 8, L.sca_len);
+        st64(v + FST_REC_OFF_ORIS, L.ori_off);
+        st64(v + FST_REC_OFF_ORIS + 8, L.ori_len);
+    }
 
     /* Arrays are copied as the host holds them: the format is little-endian
      * and so is every host featstore builds for (checked below). */
-    emitter e = { .v = v, .at = FST_REC_HEADER_SIZE,
+    emitter e = { .v = v, .at = L.header,
                   .hashed = FST_REC_CHECKSUM_FROM, .hash_end = L.payload_end,
                   .xs = xs, .check = check };
     emit_copy(&e, img->name, L.name_len - 1, 1);
@@ -264,6 +311,20 @@ static fst_status encode(const fst_image *img, uint64_t gen, void *buf,
             emit_copy(&e, img->scores, L.sc_len, 4);
         else
             emit_zero(&e, L.sc_off + L.sc_len);
+    }
+    if (L.sca_len) {
+        emit_zero(&e, L.sca_off);
+        if (img->scales)
+            emit_copy(&e, img->scales, L.sca_len, 4);
+        else
+            emit_zero(&e, L.sca_off + L.sca_len);
+    }
+    if (L.ori_len) {
+        emit_zero(&e, L.ori_off);
+        if (img->oris)
+            emit_copy(&e, img->oris, L.ori_len, 4);
+        else
+            emit_zero(&e, L.ori_off + L.ori_len);
     }
     emit_zero(&e, L.desc_off);
     if (img->desc_dn && L.desc_len)
@@ -356,20 +417,29 @@ fst_status fst__record_decode(const void *val, size_t len, const void *key,
         return fst__fail(FST_ECORRUPT, "%u keypoints but descriptor "
                          "dimension 0", n);
 
-    static const struct { int off; const char *what; } blk[4] = {
+    static const struct { int off; const char *what; } blk[6] = {
         { FST_REC_OFF_NAME, "name" }, { FST_REC_OFF_KP, "keypoint" },
         { FST_REC_OFF_SCORES, "score" }, { FST_REC_OFF_DESC, "descriptor" },
+        { FST_REC_OFF_SCALES, "scales" }, { FST_REC_OFF_ORIS, "oris" },
     };
-    uint64_t off[4], blen[4];
+    uint64_t off[6] = {0}, blen[6] = {0};
     off[0] = ld32(v + FST_REC_OFF_NAME);
     blen[0] = ld32(v + FST_REC_OFF_NAME + 4);
-    for (int i = 1; i < 4; i++) {
+    /* The scales and oris fields exist only in a header of 160 bytes or
+     * more (1.2); a record flagged with them and a shorter header is bad. */
+    bool ext = hsize >= FST_REC_HEADER_SIZE_SO;
+    for (int i = 1; i < (ext ? 6 : 4); i++) {
         off[i] = ld64(v + blk[i].off);
         blen[i] = ld64(v + blk[i].off + 8);
     }
     bool scores = flags & FST_VIEW_HAS_SCORES;
-    for (int i = 0; i < 4; i++) {
-        if (i == 2 && !scores)
+    bool scales = flags & FST_VIEW_HAS_SCALES, oris = flags & FST_VIEW_HAS_ORIS;
+    if ((scales || oris) && !ext)
+        return fst__fail(FST_ECORRUPT, "flagged with %s but a header of %llu "
+                         "bytes (needs %u)", scales ? "scales" : "oris",
+                         (unsigned long long)hsize, FST_REC_HEADER_SIZE_SO);
+    for (int i = 0; i < 6; i++) {
+        if ((i == 2 && !scores) || (i == 4 && !scales) || (i == 5 && !oris))
             continue;
         if (!inside(off[i], blen[i], hsize, pend))
             return fst__fail(FST_ECORRUPT, "%s block [%llu, +%llu) outside "
@@ -396,6 +466,14 @@ fst_status fst__record_decode(const void *val, size_t len, const void *key,
         return fst__fail(FST_ECORRUPT, "score block of %llu bytes with %u "
                          "keypoints and%s scores", (unsigned long long)blen[2],
                          n, scores ? "" : " no");
+    for (int i = 4; i < 6; i++) {
+        bool has = i == 4 ? scales : oris;
+        if (has ? blen[i] != (uint64_t)n * 4 : (blen[i] != 0 || off[i] != 0))
+            return fst__fail(FST_ECORRUPT, "%s block of %llu bytes with %u "
+                             "keypoints and%s %s", blk[i].what,
+                             (unsigned long long)blen[i], n, has ? "" : " no",
+                             blk[i].what);
+    }
 
     const char *name = (const char *)v + off[0];
     if (blen[0] == 0 || name[blen[0] - 1] != '\0' ||
@@ -409,9 +487,11 @@ fst_status fst__record_decode(const void *val, size_t len, const void *key,
     }
 
     const unsigned char *kp = v + off[1], *sc = scores ? v + off[2] : NULL,
-                        *desc = v + off[3];
+                        *desc = v + off[3], *sca = scales ? v + off[4] : NULL,
+                        *ori = oris ? v + off[5] : NULL;
     if ((how & FST__DEC_ALIGN) &&
-        (((uintptr_t)kp | (uintptr_t)desc | (uintptr_t)sc) % 16) != 0)
+        (((uintptr_t)kp | (uintptr_t)desc | (uintptr_t)sc | (uintptr_t)sca |
+          (uintptr_t)ori) % 16) != 0)
         return fst__fail(FST_ECORRUPT, "blocks not 16-byte aligned in memory "
                          "(keypoints at %p, descriptors at %p)",
                          (const void *)kp, (const void *)desc);
@@ -442,6 +522,8 @@ fst_status fst__record_decode(const void *val, size_t len, const void *key,
     out->keypoints = (const float *)(const void *)kp;
     out->scores = (const float *)(const void *)sc;
     out->desc = desc;
+    out->scales = (const float *)(const void *)sca;
+    out->oris = (const float *)(const void *)ori;
     return FST_OK;
 }
 
@@ -466,6 +548,12 @@ fst_status fst__image_check_shape(const fst_image *img)
         if ((img->flags & FST_VIEW_HAS_SCORES) && !img->scores)
             return fst__fail(FST_EINVAL, "image '%s': flagged with scores "
                              "but no score array", nm);
+        if ((img->flags & FST_VIEW_HAS_SCALES) && !img->scales)
+            return fst__fail(FST_EINVAL, "image '%s': flagged with scales "
+                             "but no scales array", nm);
+        if ((img->flags & FST_VIEW_HAS_ORIS) && !img->oris)
+            return fst__fail(FST_EINVAL, "image '%s': flagged with oris "
+                             "but no oris array", nm);
     }
     if (fst__record_size(img, NULL) == 0)
         return fst__fail(FST_EINVAL, "image '%s': %u x %u descriptors are "
@@ -487,6 +575,12 @@ fst_status fst__image_check(const fst_image *img)
     if (img->scores && (i = fst__find_nonfinite32(img->scores, n)) < n)
         return fst__fail(FST_EINVAL, "image '%s': scores[%zu] is %s", nm, i,
                          nan_or_inf(img->scores[i]));
+    if (img->scales && (i = fst__find_nonfinite32(img->scales, n)) < n)
+        return fst__fail(FST_EINVAL, "image '%s': scales[%zu] is %s", nm, i,
+                         nan_or_inf(img->scales[i]));
+    if (img->oris && (i = fst__find_nonfinite32(img->oris, n)) < n)
+        return fst__fail(FST_EINVAL, "image '%s': oris[%zu] is %s", nm, i,
+                         nan_or_inf(img->oris[i]));
     size_t nd = n * img->d;
     double x = 0;
     if (img->dtype == FST_DTYPE_F32) {
@@ -509,20 +603,25 @@ fst_status fst__image_check(const fst_image *img)
     return FST_OK;
 }
 
-static uint64_t data_bytes(uint64_t n, uint64_t d, fst_dtype dt, bool sc)
+/* nvec: how many n-float blocks (scores, scales, oris) the image has. */
+static uint64_t data_bytes(uint64_t n, uint64_t d, fst_dtype dt, unsigned nvec)
 {
-    return n * 2 * sizeof(float) + (sc ? n * sizeof(float) : 0) +
+    return n * 2 * sizeof(float) + nvec * n * sizeof(float) +
            n * d * fst_dtype_size(dt);
 }
 
 uint64_t fst__image_data_bytes(const fst_image *img)
 {
-    return data_bytes(img->n, img->d, img->dtype, has_scores(img));
+    return data_bytes(img->n, img->d, img->dtype,
+                      (unsigned)has_scores(img) + has_scales(img) +
+                      has_oris(img));
 }
 
 uint64_t fst__view_data_bytes(const fst_view *v)
 {
-    return data_bytes(v->n, v->d, v->dtype, v->scores != NULL);
+    return data_bytes(v->n, v->d, v->dtype,
+                      (unsigned)(v->scores != NULL) + (v->scales != NULL) +
+                      (v->oris != NULL));
 }
 
 static bool same_float(float a, float b)
@@ -534,9 +633,7 @@ static bool same_float(float a, float b)
 
 bool fst__image_same(const fst_view *v, const fst_image *img)
 {
-    uint32_t flags = img->flags & ~(uint32_t)FST_VIEW_HAS_SCORES;
-    if (has_scores(img))
-        flags |= FST_VIEW_HAS_SCORES;
+    uint32_t flags = record_flags(img);
     if (v->n != img->n || v->d != img->d || v->dtype != img->dtype ||
         v->flags != flags || v->image_size[0] != img->image_size[0] ||
         v->image_size[1] != img->image_size[1] ||
@@ -546,6 +643,10 @@ bool fst__image_same(const fst_view *v, const fst_image *img)
     if (n && memcmp(v->keypoints, img->keypoints, n * 2 * sizeof(float)))
         return false;
     if (n && img->scores && memcmp(v->scores, img->scores, n * sizeof(float)))
+        return false;
+    if (n && img->scales && memcmp(v->scales, img->scales, n * sizeof(float)))
+        return false;
+    if (n && img->oris && memcmp(v->oris, img->oris, n * sizeof(float)))
         return false;
     size_t es = fst_dtype_size(img->dtype), d = img->d;
     if (!img->desc_dn || n == 0 || d == 0)
@@ -569,6 +670,34 @@ bool fst__image_same(const fst_view *v, const fst_image *img)
             return false;
     }
     return true;
+}
+
+fst_status fst_view_require(const fst_view *v, uint32_t need,
+                            const char *where)
+{
+    if (!v)
+        return fst__fail(FST_EINVAL, "fst_view_require: no view");
+    static const struct { uint32_t bit; const char *what; } blk[3] = {
+        { FST_VIEW_HAS_SCORES, "scores" }, { FST_VIEW_HAS_SCALES, "scales" },
+        { FST_VIEW_HAS_ORIS, "oris" },
+    };
+    const float *arr[3] = { v->scores, v->scales, v->oris };
+    char lack[64] = "";
+    for (int i = 0; i < 3; i++)
+        if ((need & blk[i].bit) && (!(v->flags & blk[i].bit) || !arr[i]))
+            snprintf(lack + strlen(lack), sizeof lack - strlen(lack), "%s%s",
+                     lack[0] ? ", " : "", blk[i].what);
+    if (!lack[0])
+        return FST_OK;
+    char b[FST__NAME_MSG];
+    const char *nm = v->name ? fst__name_for_msg(b, v->name, strlen(v->name))
+                             : "?";
+    bool dog = need & (FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS);
+    return fst__fail(FST_EFORMAT, "%s%simage '%s' lacks keypoint %s, which "
+                     "the matcher needs%s", where ? where : "",
+                     where ? ": " : "", nm, lack,
+                     dog ? " (hloc's DoG/SIFT extractor writes `scales` and "
+                           "`oris`: import its features.h5)" : "");
 }
 
 const char *fst__name_for_msg(char *buf, const char *name, size_t len)

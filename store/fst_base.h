@@ -86,6 +86,12 @@ enum {
     FST_VIEW_UNCERTAINTY_F64  = 1u << 7, /* the uncertainty attr was float64
                                             (hloc under NumPy 1.x); the view
                                             has it rounded to float32 */
+    /* (format 1.2) each keypoint's `scales` and `oris`, as hloc's DoG
+     * extractor writes them (sift+lightglue needs them). */
+    FST_VIEW_HAS_SCALES       = 1u << 8, /* source had `scales` (N,) */
+    FST_VIEW_SCALES_F16       = 1u << 9, /* ...as float16 */
+    FST_VIEW_HAS_ORIS         = 1u << 10, /* source had `oris` (N,) */
+    FST_VIEW_ORIS_F16         = 1u << 11, /* ...as float16 */
 };
 
 /* One image as the matchers see it. In a view returned by the store every
@@ -106,7 +112,25 @@ typedef struct fst_view {
     const float *keypoints;     /* n x 2 (x, y), float32 */
     const float *scores;        /* n, float32; NULL if the source had none */
     const void  *desc;          /* n x d row-major, `dtype` elements */
+    const float *scales;        /* n, float32: each keypoint's scale; NULL
+                                   if the source had none (format 1.2) */
+    const float *oris;          /* n, float32: each keypoint's orientation
+                                   (radians, as hloc wrote it); NULL if
+                                   none (format 1.2) */
 } fst_view;
+
+/* fst_view_require() :
+ * Check that view `v` carries the per-keypoint blocks `need` names
+ * (FST_VIEW_HAS_SCORES, FST_VIEW_HAS_SCALES, FST_VIEW_HAS_ORIS; other bits
+ * are ignored), as a matcher whose weights need them (sift+lightglue:
+ * scales and oris) must before matching it. `where` names the store or
+ * file in the detail (NULL: none). Reads only *v. Any thread.
+ * @return FST_OK; FST_EFORMAT with a detail naming the image and every
+ *         block it lacks, e.g. "db.fst: image 'a.jpg' lacks keypoint
+ *         scales, oris, which the matcher needs (hloc's DoG/SIFT extractor
+ *         writes ...)"; FST_EINVAL if v is NULL. */
+fst_status fst_view_require(const fst_view *v, uint32_t need,
+                            const char *where);
 
 /* Result of matching image a (n0 keypoints) against image b, in hloc's
  * terms. Arrays belong to the caller and hold at least n0 elements

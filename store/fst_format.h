@@ -1,4 +1,4 @@
-/* fst_format.h : the on-disk record of a featstore store, format 1.0.
+/* fst_format.h : the on-disk record of a featstore store, format 1.2.
  *
  * One LMDB value per image in the `images` table, keyed by the image name
  * (its bytes exactly as in the source HDF5 file, no NUL). store/FORMAT.md
@@ -34,9 +34,19 @@
  *                                                 offset 0 without scores)
  *   112   8  u64     desc_off    120   8  u64  desc_len   (n * d * size)
  *
+ * Extended header (1.2), only in a record with scales or oris (header_size
+ * FST_REC_HEADER_SIZE_SO = 160, record minor FST_REC_FORMAT_MINOR_SO = 2;
+ * a record with neither keeps the 1.0 header of 128 bytes and minor 0):
+ *
+ *   128   8  u64     scales_off  136   8  u64  scales_len (n * 4, or 0 and
+ *                                                 offset 0 without scales)
+ *   144   8  u64     oris_off    152   8  u64  oris_len   (n * 4, or 0 and
+ *                                                 offset 0 without oris)
+ *
  * Blocks: name (NUL-terminated, equal to the key), keypoints f32 n x 2 (x, y),
- * scores f32 n (only if flags has FST_VIEW_HAS_SCORES), descriptors n x d
- * row-major in dtype. Every block lies inside the payload.
+ * scores f32 n (only if flags has FST_VIEW_HAS_SCORES), scales f32 n (only
+ * with FST_VIEW_HAS_SCALES), oris f32 n (only with FST_VIEW_HAS_ORIS),
+ * descriptors n x d row-major in dtype. Every block lies inside the payload.
  *
  * Alignment: LMDB stores a value larger than about half a page on overflow
  * pages, and the value then starts FST_REC_MAP_SKEW (16) bytes past a page
@@ -54,7 +64,8 @@
  * Versioning: a reader refuses a newer major version (FST_EVERSION) and
  * accepts any minor version of its major: a newer minor may only add header
  * fields after byte 128 (header_size grows) or flags, and keeps every field
- * above where it is.
+ * above where it is. 1.2 did so for scales and oris: a 1.0/1.1 reader reads
+ * such a record without them (store/FORMAT.md, Versioning).
  */
 #ifndef FST_FORMAT_H
 #define FST_FORMAT_H
@@ -67,10 +78,15 @@ extern "C" {
 
 #define FST_FORMAT_MAJOR      1
 #define FST_FORMAT_MINOR      1   /* the store's (meta): 1.1 added store_id */
-#define FST_REC_FORMAT_MINOR  0   /* a record's header: unchanged since 1.0 */
+#define FST_FORMAT_MINOR_SO   2   /* the store's (meta) once it holds a record
+                                     with scales or oris (1.2) */
+#define FST_REC_FORMAT_MINOR  0   /* a record without scales or oris: its
+                                     header is unchanged since 1.0 */
+#define FST_REC_FORMAT_MINOR_SO 2 /* a record with scales or oris (1.2) */
 
 #define FST_REC_MAGIC         "FSTR"        /* 4 bytes, no NUL in the record */
 #define FST_REC_HEADER_SIZE   128u
+#define FST_REC_HEADER_SIZE_SO 160u         /* with scales or oris (1.2) */
 #define FST_REC_MIN_SIZE      2048u         /* every record: an overflow value */
 #define FST_REC_ALIGN         64u           /* blocks' alignment in the map */
 #define FST_REC_MAP_SKEW      16u           /* value start mod 64 in the map */
@@ -94,6 +110,8 @@ extern "C" {
 #define FST_REC_OFF_KP          80   /* u64 off, u64 len */
 #define FST_REC_OFF_SCORES      96   /* u64 off, u64 len */
 #define FST_REC_OFF_DESC       112   /* u64 off, u64 len */
+#define FST_REC_OFF_SCALES     128   /* u64 off, u64 len (1.2, header 160) */
+#define FST_REC_OFF_ORIS       144   /* u64 off, u64 len (1.2, header 160) */
 #define FST_REC_CHECKSUM_FROM   16   /* checksum covers [16, payload end) */
 
 /* Keys of the `meta` table. Integer values are 8-byte little-endian (u64,

@@ -220,6 +220,8 @@ typedef struct fst_image {
     const float *scores;         /* n, or NULL */
     const void  *desc;           /* n x d, or d x n if desc_dn */
     bool         desc_dn;        /* desc is d x n (hloc's layout) */
+    const float *scales;         /* n, or NULL (FST_VIEW_HAS_SCALES) */
+    const float *oris;           /* n, or NULL (FST_VIEW_HAS_ORIS) */
 } fst_image;
 
 /* Modes of fst_writer_open(). */

@@ -79,6 +79,7 @@ struct fst_writer {
     fst_dtype   dtype;
     fst_store_meta old;             /* APPEND: meta before this write */
     uint64_t    add_images, add_keypoints, add_payload;
+    bool        add_so;             /* a put record has scales or oris */
 };
 
 static fst_status fail(fst_writer *w, fst_status s)
@@ -722,6 +723,8 @@ fst_status fst_writer_put(fst_writer *w, const fst_image *img, int *added)
     w->add_images++;
     w->add_keypoints += img->n;
     w->add_payload += fst__image_data_bytes(img);
+    w->add_so |= img->scales || img->oris ||
+                 (img->flags & (FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS));
     w->batch_records++;
     w->batch_bytes += size;
     w->batch_pages += (size + 16 + w->psize - 1) / w->psize;
@@ -797,7 +800,12 @@ static fst_status write_meta(fst_writer *w, const fst_source *src)
     hv.mv_data = hist;
 #define PUT(call) do { if (rc == 0) rc = (call); } while (0)
     PUT(fst__meta_put_u64(t, m, FST_META_FORMAT_MAJOR, FST_FORMAT_MAJOR));
-    PUT(fst__meta_put_u64(t, m, FST_META_FORMAT_MINOR, FST_FORMAT_MINOR));
+    /* 1.2 only once a record needs it: a 1.1 featstore reads the store
+     * whole, without the scales and oris it does not know (FORMAT.md). */
+    bool so = w->add_so || (w->mode == FST_WRITE_APPEND &&
+                            o->format_minor >= FST_FORMAT_MINOR_SO);
+    PUT(fst__meta_put_u64(t, m, FST_META_FORMAT_MINOR,
+                          so ? FST_FORMAT_MINOR_SO : FST_FORMAT_MINOR));
     PUT(fst__meta_put_str(t, m, FST_META_VERSION, FST_VERSION_STRING));
     PUT(fst__meta_put_u64(t, m, FST_META_D, w->d));
     PUT(fst__meta_put_u64(t, m, FST_META_DTYPE, w->d ? (uint64_t)w->dtype

@@ -88,6 +88,7 @@ typedef struct timg {
     char      name[1024];
     float    *kp, *sc;
     void     *desc;
+    float    *sca, *ori;            /* timg_add_so() */
 } timg;
 
 static void timg_make(timg *t, const char *name, uint32_t n, uint32_t d,
@@ -126,12 +127,35 @@ static void timg_make(timg *t, const char *name, uint32_t n, uint32_t d,
     t->img.desc = t->desc;
 }
 
+/* Give t DoG-style scales and/or oris (format 1.2), flagged float16 in
+ * the source when f16 (the values stay float32 in the record). */
+static void timg_add_so(timg *t, bool scales, bool oris, bool f16)
+{
+    uint32_t n = t->img.n;
+    if (scales) {
+        t->sca = malloc((size_t)n * sizeof(float) + 1);
+        for (uint32_t i = 0; i < n; i++)
+            t->sca[i] = 1.0f + (float)(mix(n * 13u + i) % 500) / 16.0f;
+        t->img.scales = t->sca;
+        t->img.flags |= FST_VIEW_HAS_SCALES | (f16 ? FST_VIEW_SCALES_F16 : 0);
+    }
+    if (oris) {
+        t->ori = malloc((size_t)n * sizeof(float) + 1);
+        for (uint32_t i = 0; i < n; i++)
+            t->ori[i] = ((float)(mix(n * 17u + i + 5) % 6283) - 3141.0f) / 1000.0f;
+        t->img.oris = t->ori;
+        t->img.flags |= FST_VIEW_HAS_ORIS | (f16 ? FST_VIEW_ORIS_F16 : 0);
+    }
+}
+
 static void timg_free(timg *t)
 {
     free(t->kp);
     free(t->sc);
     free(t->desc);
-    t->kp = t->sc = NULL;
+    free(t->sca);
+    free(t->ori);
+    t->kp = t->sc = t->sca = t->ori = NULL;
     t->desc = NULL;
 }
 
@@ -156,6 +180,18 @@ static void assert_view_is(const fst_view *v, const fst_image *img)
         ASSERT_MEMEQ(v->scores, img->scores, (size_t)img->n * 4);
     } else {
         ASSERT_TRUE(v->scores == NULL);
+    }
+    if (img->scales) {
+        ASSERT_TRUE(v->scales != NULL);
+        ASSERT_MEMEQ(v->scales, img->scales, (size_t)img->n * 4);
+    } else {
+        ASSERT_TRUE(v->scales == NULL);
+    }
+    if (img->oris) {
+        ASSERT_TRUE(v->oris != NULL);
+        ASSERT_MEMEQ(v->oris, img->oris, (size_t)img->n * 4);
+    } else {
+        ASSERT_TRUE(v->oris == NULL);
     }
     ASSERT_MEMEQ(v->desc, img->desc,
                  (size_t)img->n * img->d * fst_dtype_size(img->dtype));
@@ -347,6 +383,14 @@ static fst_status decode_exact(const void *v, size_t len, const char *key,
         if (tmp.scores)
             ASSERT_TRUE((const unsigned char *)tmp.scores >= lo &&
                         (const unsigned char *)tmp.scores + (size_t)tmp.n * 4
+                            <= hi);
+        if (tmp.scales)
+            ASSERT_TRUE((const unsigned char *)tmp.scales >= lo &&
+                        (const unsigned char *)tmp.scales + (size_t)tmp.n * 4
+                            <= hi);
+        if (tmp.oris)
+            ASSERT_TRUE((const unsigned char *)tmp.oris >= lo &&
+                        (const unsigned char *)tmp.oris + (size_t)tmp.n * 4
                             <= hi);
         if (out)
             *out = tmp;

@@ -353,3 +353,235 @@ FST_TEST(encode_checked_same_bytes_and_refuses_nan)
         timg_free(&t);
     }
 }
+
+/* ---- scales and oris (format 1.2) ---- */
+
+/* Records with DoG scales and/or oris carry them bit for bit, 64-byte
+ * aligned, in a 160-byte header of record minor 2; a record without them
+ * keeps the 1.0 header (128 bytes, minor 0) and decodes with NULLs. */
+FST_TEST(record_scales_oris_roundtrip)
+{
+    static const struct { uint32_t n, d; bool sc, sca, ori; } c[] = {
+        { 0, 8, false, true, true }, { 1, 1, true, true, false },
+        { 3, 5, false, false, true }, { 100, 128, true, true, true },
+        { 2048, 256, true, true, true }, { 17, 3, true, false, false },
+    };
+    for (size_t k = 0; k < sizeof c / sizeof c[0]; k++) {
+        timg t;
+        timg_make(&t, "dog/0001.jpg", c[k].n, c[k].d, FST_DTYPE_F16, c[k].sc,
+                  (uint32_t)k + 2);
+        timg_add_so(&t, c[k].sca, c[k].ori, k % 2 == 0);
+        rawrec r;
+        rawrec_make(&r, &t.img);
+        bool ext = c[k].sca || c[k].ori;
+        ASSERT_EQ(le32get(r.v + FST_REC_OFF_HEADER_SIZE),
+                  ext ? FST_REC_HEADER_SIZE_SO : FST_REC_HEADER_SIZE);
+        ASSERT_EQ(r.v[6] | r.v[7] << 8,
+                  ext ? FST_REC_FORMAT_MINOR_SO : FST_REC_FORMAT_MINOR);
+        ASSERT_EQ(le32get(r.v + FST_REC_OFF_NAME),
+                  ext ? FST_REC_HEADER_SIZE_SO : FST_REC_HEADER_SIZE);
+        if (ext) {
+            ASSERT_EQ(le64get(r.v + FST_REC_OFF_SCALES + 8),
+                      c[k].sca ? (uint64_t)c[k].n * 4 : 0);
+            ASSERT_EQ(le64get(r.v + FST_REC_OFF_ORIS + 8),
+                      c[k].ori ? (uint64_t)c[k].n * 4 : 0);
+            if (!c[k].sca)
+                ASSERT_EQ(le64get(r.v + FST_REC_OFF_SCALES), 0);
+            if (!c[k].ori)
+                ASSERT_EQ(le64get(r.v + FST_REC_OFF_ORIS), 0);
+        }
+        fst_view v;
+        fst__rec_info info;
+        ASSERT_OK(fst__record_decode(r.v, r.len, "dog/0001.jpg", 12,
+                                     FST__DEC_CHECKSUM | FST__DEC_ALIGN, &v,
+                                     &info));
+        assert_view_is(&v, &t.img);
+        if (v.scales)
+            ASSERT_EQ((uintptr_t)v.scales % 64, 0);
+        if (v.oris)
+            ASSERT_EQ((uintptr_t)v.oris % 64, 0);
+        ASSERT_EQ((uintptr_t)v.desc % 64, 0);
+        ASSERT_TRUE(fst__image_same(&v, &t.img));
+        /* another scale or orientation is another image */
+        if (c[k].n && c[k].sca) {
+            t.sca[c[k].n - 1] += 1.0f;
+            ASSERT_TRUE(!fst__image_same(&v, &t.img));
+            t.sca[c[k].n - 1] -= 1.0f;
+        }
+        if (c[k].n && c[k].ori) {
+            t.ori[0] += 0.5f;
+            ASSERT_TRUE(!fst__image_same(&v, &t.img));
+            t.ori[0] -= 0.5f;
+        }
+        /* the same image without them is another image too */
+        if (ext) {
+            fst_image plain = t.img;
+            plain.scales = plain.oris = NULL;
+            plain.flags &= ~(uint32_t)(FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS |
+                                       FST_VIEW_SCALES_F16 | FST_VIEW_ORIS_F16);
+            ASSERT_TRUE(!fst__image_same(&v, &plain));
+        }
+        /* every truncation that cuts the payload is refused */
+        uint64_t pend = le32get(r.v + FST_REC_OFF_HEADER_SIZE) +
+                        le64get(r.v + FST_REC_OFF_PAYLOAD_LEN);
+        for (size_t len = 0; len <= r.len && c[k].n < 200; len++) {
+            fst_status s = decode_exact(r.v, len, "dog/0001.jpg",
+                                        FST__DEC_CHECKSUM, NULL);
+            if (len < pend)
+                ASSERT_STATUS(s, FST_ECORRUPT);
+            else
+                ASSERT_OK(s);
+        }
+        free(r.mem);
+        timg_free(&t);
+    }
+}
+
+/* Damage to the scales and oris fields or blocks: bounds refuse what they
+ * can see, the checksum the rest; never a read outside the value. */
+FST_TEST(record_scales_oris_corruptions)
+{
+    timg t;
+    timg_make(&t, "dog/bad", 6, 4, FST_DTYPE_F32, true, 11);
+    timg_add_so(&t, true, true, false);
+    rawrec r;
+    rawrec_make(&r, &t.img);
+    unsigned char *copy = malloc(r.len);
+    uint64_t sca = le64get(r.v + FST_REC_OFF_SCALES),
+             ori = le64get(r.v + FST_REC_OFF_ORIS);
+
+    /* a scales block of the wrong length */
+    memcpy(copy, r.v, r.len);
+    le64put(copy + FST_REC_OFF_SCALES + 8, 5 * 4);
+    ASSERT_STATUS(decode_exact(copy, r.len, "dog/bad", 0, NULL), FST_ECORRUPT);
+    ASSERT_CONTAINS(fst_errdetail(), "scales block of 20 bytes");
+    /* an oris block past the payload */
+    memcpy(copy, r.v, r.len);
+    le64put(copy + FST_REC_OFF_ORIS, r.len + 64);
+    ASSERT_STATUS(decode_exact(copy, r.len, "dog/bad", 0, NULL), FST_ECORRUPT);
+    ASSERT_CONTAINS(fst_errdetail(), "oris block");
+    ASSERT_CONTAINS(fst_errdetail(), "outside the payload");
+    /* an offset that wraps */
+    memcpy(copy, r.v, r.len);
+    le64put(copy + FST_REC_OFF_SCALES, UINT64_MAX - 8);
+    ASSERT_STATUS(decode_exact(copy, r.len, "dog/bad", 0, NULL), FST_ECORRUPT);
+    /* flagged, but the header is the 1.0 one: the fields do not exist */
+    memcpy(copy, r.v, r.len);
+    le32put(copy + FST_REC_OFF_HEADER_SIZE, FST_REC_HEADER_SIZE);
+    le64put(copy + FST_REC_OFF_PAYLOAD_LEN,
+            le64get(r.v + FST_REC_OFF_PAYLOAD_LEN) + 32);
+    ASSERT_STATUS(decode_exact(copy, r.len, "dog/bad", 0, NULL), FST_ECORRUPT);
+    ASSERT_CONTAINS(fst_errdetail(), "flagged with scales but a header of 128");
+    /* not flagged, yet a block described */
+    memcpy(copy, r.v, r.len);
+    le32put(copy + FST_REC_OFF_FLAGS,
+            le32get(r.v + FST_REC_OFF_FLAGS) & ~(uint32_t)FST_VIEW_HAS_ORIS);
+    ASSERT_STATUS(decode_exact(copy, r.len, "dog/bad", 0, NULL), FST_ECORRUPT);
+    ASSERT_CONTAINS(fst_errdetail(), "and no oris");
+    /* not flagged and no block: read without them */
+    le64put(copy + FST_REC_OFF_ORIS, 0);
+    le64put(copy + FST_REC_OFF_ORIS + 8, 0);
+    fst_view v;
+    ASSERT_OK(decode_exact(copy, r.len, "dog/bad", 0, &v));
+    ASSERT_TRUE(v.oris == NULL && v.scales != NULL);
+    /* a damaged scale or orientation passes bounds, fails the checksum */
+    for (int w = 0; w < 2; w++) {
+        memcpy(copy, r.v, r.len);
+        copy[(w ? ori : sca) + 9] ^= 0x08;
+        ASSERT_OK(decode_exact(copy, r.len, "dog/bad", 0, NULL));
+        ASSERT_STATUS(decode_exact(copy, r.len, "dog/bad", FST__DEC_CHECKSUM,
+                                   NULL), FST_ECORRUPT);
+        ASSERT_CONTAINS(fst_errdetail(), "checksum");
+    }
+    /* so does a damaged extended header field */
+    memcpy(copy, r.v, r.len);
+    copy[FST_REC_OFF_ORIS + 12] ^= 0x01;            /* high bits of oris_len */
+    ASSERT_STATUS(decode_exact(copy, r.len, "dog/bad", FST__DEC_CHECKSUM, NULL),
+                  FST_ECORRUPT);
+    /* random damage to the 160-byte header: never a crash, and any damaged
+     * covered byte caught by the checksum */
+    for (uint32_t it = 0; it < 3000; it++) {
+        memcpy(copy, r.v, r.len);
+        uint32_t y = mix(it + 12345);
+        size_t pos = 16 + y % (FST_REC_HEADER_SIZE_SO - 16);
+        unsigned char nv = (unsigned char)(y >> 8);
+        bool changed = copy[pos] != nv;
+        copy[pos] = nv;
+        fst_status s = decode_exact(copy, r.len, NULL, 0, NULL);
+        ASSERT_TRUE(s == FST_OK || s == FST_ECORRUPT);
+        s = decode_exact(copy, r.len, NULL, FST__DEC_CHECKSUM, NULL);
+        if (changed)
+            ASSERT_STATUS(s, FST_ECORRUPT);
+    }
+    free(copy);
+    free(r.mem);
+    timg_free(&t);
+}
+
+FST_TEST(scales_oris_refuse_nan_inf)
+{
+    timg t;
+    timg_make(&t, "dog/nan", 10, 8, FST_DTYPE_F32, true, 1);
+    timg_add_so(&t, true, true, false);
+    size_t len = fst__record_size(&t.img, NULL);
+    unsigned char *b = malloc(len);
+    ASSERT_OK(fst__image_check(&t.img));
+    ASSERT_OK(fst__record_encode_checked(&t.img, 1, b, len));
+    t.sca[9] = NAN;
+    ASSERT_STATUS(fst__image_check(&t.img), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "dog/nan");
+    ASSERT_CONTAINS(fst_errdetail(), "scales[9] is NaN");
+    ASSERT_STATUS(fst__record_encode_checked(&t.img, 1, b, len), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "scales[9] is NaN");
+    t.sca[9] = 2.0f;
+    t.ori[0] = -INFINITY;
+    ASSERT_STATUS(fst__image_check(&t.img), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "oris[0] is Inf");
+    ASSERT_STATUS(fst__record_encode_checked(&t.img, 1, b, len), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "oris[0] is Inf");
+    t.ori[0] = 0.0f;
+    /* flagged without the array */
+    t.img.scales = NULL;
+    ASSERT_STATUS(fst__image_check_shape(&t.img), FST_EINVAL);
+    ASSERT_CONTAINS(fst_errdetail(), "flagged with scales");
+    free(b);
+    timg_free(&t);
+}
+
+/* A matcher whose weights need scales and oris (sift+lightglue) asks
+ * fst_view_require(): a view without them is refused, naming the image
+ * and what it lacks; one with them (even with 0 keypoints) passes. */
+FST_TEST(view_require_names_image_and_missing_blocks)
+{
+    timg t;
+    timg_make(&t, "db/q 1.jpg", 5, 4, FST_DTYPE_F32, true, 3);
+    rawrec r;
+    rawrec_make(&r, &t.img);
+    fst_view v;
+    ASSERT_OK(fst__record_decode(r.v, r.len, "db/q 1.jpg", 10, 0, &v, NULL));
+    ASSERT_OK(fst_view_require(&v, FST_VIEW_HAS_SCORES, "db.fst"));
+    ASSERT_OK(fst_view_require(&v, 0, NULL));
+    ASSERT_STATUS(fst_view_require(&v, FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS,
+                                   "db.fst"), FST_EFORMAT);
+    ASSERT_CONTAINS(fst_errdetail(), "db.fst: image 'db/q 1.jpg' lacks "
+                    "keypoint scales, oris, which the matcher needs");
+    ASSERT_CONTAINS(fst_errdetail(), "DoG");
+    free(r.mem);
+    timg_add_so(&t, true, false, false);
+    rawrec_make(&r, &t.img);
+    ASSERT_OK(fst__record_decode(r.v, r.len, "db/q 1.jpg", 10, 0, &v, NULL));
+    ASSERT_STATUS(fst_view_require(&v, FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS,
+                                   NULL), FST_EFORMAT);
+    ASSERT_CONTAINS(fst_errdetail(), "image 'db/q 1.jpg' lacks keypoint oris,");
+    ASSERT_OK(fst_view_require(&v, FST_VIEW_HAS_SCALES, NULL));
+    free(r.mem);
+    timg_free(&t);
+    timg_make(&t, "empty", 0, 4, FST_DTYPE_F32, false, 3);
+    timg_add_so(&t, true, true, false);
+    rawrec_make(&r, &t.img);
+    ASSERT_OK(fst__record_decode(r.v, r.len, "empty", 5, 0, &v, NULL));
+    ASSERT_OK(fst_view_require(&v, FST_VIEW_HAS_SCALES | FST_VIEW_HAS_ORIS, NULL));
+    ASSERT_STATUS(fst_view_require(NULL, 0, NULL), FST_EINVAL);
+    free(r.mem);
+    timg_free(&t);
+}

@@ -85,6 +85,14 @@ static float score_val(uint32_t seed, uint32_t i)
 {
     return (float)(mix(seed, i, 7777u) % 9999u + 1u) / 10001.0f; /* (0, 1) */
 }
+static float scale_val(uint32_t seed, uint32_t i)
+{
+    return 1.0f + (float)(mix(seed, i, 4242u) % 8000u) / 333.0f;   /* DoG scale */
+}
+static float ori_val(uint32_t seed, uint32_t i)
+{
+    return ((float)(mix(seed, i, 5151u) % 62831u) - 31415.0f) / 10001.0f; /* radians */
+}
 static float desc_val(uint32_t seed, uint32_t row, uint32_t col)
 {
     return ((float)(mix(seed, row + 1000000u, col) % 20001u) - 10000.0f) / 10007.0f;
@@ -102,7 +110,10 @@ typedef struct spec {
     int         scores_f16;
     int         has_size, has_unc;   /* has_unc: 1 float32 attr, 2 float64 */
     uint32_t    seed;
+    int         so;              /* DoG scales/oris: SO_* bits */
 } spec;
+
+enum { SO_SCALES = 1, SO_ORIS = 2, SO_SCALES_F16 = 4, SO_ORIS_F16 = 8 };
 
 static hid_t h5_create(const char *path)
 {
@@ -179,6 +190,14 @@ static void write_image(hid_t file, const spec *sp)
     if (sp->scores != SC_NONE)
         put_floats(g, sp->scores == SC_KEYPOINT ? "keypoint_scores" : "scores",
                    sp->scores_f16, 1, (hsize_t[]){n}, sc, n, NULL);
+    for (int w = 0; w < 2; w++) {
+        if (!(sp->so & (w ? SO_ORIS : SO_SCALES)))
+            continue;
+        for (uint32_t i = 0; i < n; i++)
+            sc[i] = w ? ori_val(sp->seed, i) : scale_val(sp->seed, i);
+        put_floats(g, w ? "oris" : "scales", (sp->so & (w ? SO_ORIS_F16 : SO_SCALES_F16)) != 0,
+                   1, (hsize_t[]){n}, sc, n, NULL);
+    }
     if (sp->has_size) {
         int64_t sz[2] = {1000 + sp->seed, 700 + sp->seed};
         fst__h5_write(g, "image_size", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, (hsize_t[]){2},
@@ -237,7 +256,24 @@ static void check_view(const fst_view *v, const spec *sp, fst_dtype dt)
     if (sp->has_unc == 2) want |= FST_VIEW_UNCERTAINTY_F64;
     fst_dtype src = sp->desc_f16 ? FST_DTYPE_F16 : FST_DTYPE_F32;
     if (src != dt) want |= FST_VIEW_DESC_CONVERTED;
+    if (sp->so & SO_SCALES) want |= FST_VIEW_HAS_SCALES;
+    if (sp->so & SO_ORIS) want |= FST_VIEW_HAS_ORIS;
+    if ((sp->so & SO_SCALES) && (sp->so & SO_SCALES_F16)) want |= FST_VIEW_SCALES_F16;
+    if ((sp->so & SO_ORIS) && (sp->so & SO_ORIS_F16)) want |= FST_VIEW_ORIS_F16;
     ASSERT_EQ(v->flags, want);
+    for (int w = 0; w < 2; w++) {
+        const float *got = w ? v->oris : v->scales;
+        if (!(sp->so & (w ? SO_ORIS : SO_SCALES))) {
+            ASSERT_TRUE(got == NULL);
+            continue;
+        }
+        ASSERT_TRUE(got != NULL);
+        for (uint32_t i = 0; i < sp->n; i++) {
+            float e = w ? ori_val(sp->seed, i) : scale_val(sp->seed, i);
+            if (sp->so & (w ? SO_ORIS_F16 : SO_SCALES_F16)) e = f16r(e);
+            ASSERT_MEMEQ(&got[i], &e, sizeof e);
+        }
+    }
     if (sp->has_size) {
         ASSERT_EQ(v->image_size[0], 1000 + sp->seed);
         ASSERT_EQ(v->image_size[1], 700 + sp->seed);
@@ -328,15 +364,15 @@ static void expect_import_fails(const char *src, const char *dest,
 
 static const spec hloc_f16[] = {
     /* nested names, f32 keypoints, scores, image_size, uncertainty */
-    {"db/seq1/0001.jpg", 50, 32, 1, 0, SC_SCORES, 0, 1, 1, 1},
+    {"db/seq1/0001.jpg", 50, 32, 1, 0, SC_SCORES, 0, 1, 1, 1, 0},
     /* no keypoints at all: descriptors (32, 0) */
-    {"db/seq1/0002.jpg", 0, 32, 1, 0, SC_SCORES, 0, 1, 1, 2},
+    {"db/seq1/0002.jpg", 0, 32, 1, 0, SC_SCORES, 0, 1, 1, 2, 0},
     /* as_half: float16 keypoints and keypoint_scores, no image_size */
-    {"db/seq2/a b.png", 17, 32, 1, 1, SC_KEYPOINT, 1, 0, 0, 3},
+    {"db/seq2/a b.png", 17, 32, 1, 1, SC_KEYPOINT, 1, 0, 0, 3, 0},
     /* no scores */
-    {"q.jpg", 40, 32, 1, 1, SC_NONE, 0, 1, 0, 4},
+    {"q.jpg", 40, 32, 1, 1, SC_NONE, 0, 1, 0, 4, 0},
     /* a deeper nest, f16 scores, a float64 uncertainty */
-    {"x/y/z/w/deep.jpg", 3, 32, 1, 0, SC_SCORES, 1, 1, 2, 5},
+    {"x/y/z/w/deep.jpg", 3, 32, 1, 0, SC_SCORES, 1, 1, 2, 5, 0},
 };
 #define NSPEC(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -367,9 +403,9 @@ FST_TEST(import_hloc_layout_f16)
 }
 
 static const spec hloc_f32[] = {
-    {"img/a.jpg", 64, 24, 0, 0, SC_SCORES, 0, 1, 1, 11},
-    {"img/b.jpg", 1, 24, 0, 0, SC_KEYPOINT, 0, 1, 0, 12},
-    {"img/c.jpg", 0, 24, 0, 1, SC_NONE, 0, 0, 0, 13},
+    {"img/a.jpg", 64, 24, 0, 0, SC_SCORES, 0, 1, 1, 11, 0},
+    {"img/b.jpg", 1, 24, 0, 0, SC_KEYPOINT, 0, 1, 0, 12, 0},
+    {"img/c.jpg", 0, 24, 0, 1, SC_NONE, 0, 0, 0, 13, 0},
 };
 
 FST_TEST(import_hloc_layout_f32)
@@ -422,10 +458,11 @@ FST_TEST(import_ignores_links_and_counts_extra_datasets)
                                H5P_DEFAULT) >= 0);
     /* A cycle: a group that holds a hard link to its parent. */
     ASSERT_TRUE(H5Lcreate_hard(f, "db", f, "db/seq1/up", H5P_DEFAULT, H5P_DEFAULT) >= 0);
-    /* DoG-style extra datasets: not kept, counted. */
+    /* Datasets a store does not know: not kept, counted. (DoG's `scales`
+     * and `oris` were such until format 1.2.) */
     float sc[50] = {0};
-    ASSERT_OK(fst__h5_write(f, "db/seq1/0001.jpg/scales", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1,
-                            (hsize_t[]){50}, sc, "scales", NULL));
+    ASSERT_OK(fst__h5_write(f, "db/seq1/0001.jpg/depths", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1,
+                            (hsize_t[]){50}, sc, "depths", NULL));
     H5Fclose(f);
     fst_import_stats st;
     ASSERT_OK(fst_import_h5(src, dest, NULL, &st));
@@ -433,7 +470,7 @@ FST_TEST(import_ignores_links_and_counts_extra_datasets)
      * in the walk. */
     ASSERT_EQ(st.images_added, 2);
     ASSERT_EQ(st.datasets_ignored, 1);
-    ASSERT_CONTAINS(st.ignored_example, "/scales");
+    ASSERT_CONTAINS(st.ignored_example, "/depths");
 }
 
 /* ---- bad input ---- */
@@ -1308,4 +1345,144 @@ FST_TEST(import_error_late_in_a_long_file)
     write_file(src, sp, N);
     ASSERT_OK(fst_import_h5(src, dest, NULL, NULL));
     check_store(dest, sp, N, FST_DTYPE_F16);
+}
+
+/* ---- DoG scales and oris (format 1.2) ---- */
+
+static const spec hloc_dog[] = {
+    /* hloc's dog extractor, float32 (as_half off) */
+    {"dog/a.jpg", 60, 128, 0, 0, SC_SCORES, 0, 1, 1, 21, SO_SCALES | SO_ORIS},
+    /* as_half: keypoints, scores, scales, oris float16 (descriptors as a) */
+    {"dog/b.jpg", 33, 128, 0, 1, SC_SCORES, 1, 1, 1, 22,
+     SO_SCALES | SO_ORIS | SO_SCALES_F16 | SO_ORIS_F16},
+    /* no keypoints */
+    {"dog/c.jpg", 0, 128, 0, 0, SC_SCORES, 0, 1, 0, 23, SO_SCALES | SO_ORIS},
+    /* one without the other, mixed dtypes */
+    {"dog/d.jpg", 7, 128, 0, 0, SC_NONE, 0, 0, 0, 24, SO_SCALES | SO_SCALES_F16},
+    {"dog/e.jpg", 9, 128, 0, 1, SC_KEYPOINT, 0, 1, 0, 25, SO_ORIS},
+    /* an image without either, in the same file */
+    {"f.jpg", 12, 128, 0, 0, SC_SCORES, 0, 1, 1, 26, 0},
+};
+
+FST_TEST(import_export_dog_scales_oris_bit_for_bit)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    const char *src = tpath("dog.h5"), *s1 = tpath("dog.fst"), *out = tpath("dog_out.h5");
+    const char *s2 = tpath("dog_again.fst"), *out2 = tpath("dog_out2.h5");
+    write_file(src, hloc_dog, NSPEC(hloc_dog));
+    fst_import_stats st;
+    ASSERT_OK(fst_import_h5(src, s1, NULL, &st));
+    ASSERT_EQ(st.datasets_ignored, 0);          /* scales and oris are kept */
+    ASSERT_EQ(st.images_added, NSPEC(hloc_dog));
+    uint64_t payload = 0;
+    for (size_t i = 0; i < NSPEC(hloc_dog); i++) {
+        const spec *sp = &hloc_dog[i];
+        payload += (uint64_t)sp->n * (8 + (sp->scores != SC_NONE ? 4 : 0) +
+                                      (sp->so & SO_SCALES ? 4 : 0) +
+                                      (sp->so & SO_ORIS ? 4 : 0) + 128 * 4);
+    }
+    ASSERT_EQ(st.payload_bytes, payload);
+    check_store(s1, hloc_dog, NSPEC(hloc_dog), FST_DTYPE_F32);
+    fst_store *fs = NULL;
+    fst_store_meta m;
+    ASSERT_OK(fst_store_open(s1, 0, &fs));
+    ASSERT_OK(fst_store_meta_get(fs, &m));
+    ASSERT_EQ(m.format_minor, 2);
+    ASSERT_EQ(m.payload_bytes, payload);
+    uint64_t checked = 0, nbad = 9;
+    ASSERT_OK(fst_store_verify(fs, NULL, NULL, &checked, &nbad));
+    ASSERT_EQ(nbad, 0);
+    ASSERT_OK(fst_export_h5(fs, out, NULL, NULL));
+    fst_store_close(fs);
+    char msg[600] = "";
+    int nd = h5_same(src, out, msg, sizeof msg);
+    if (nd)
+        printf("# %d differences; first: %s\n", nd, msg);
+    ASSERT_EQ(nd, 0);
+    ASSERT_OK(fst_import_h5(out, s2, NULL, NULL));
+    check_store(s2, hloc_dog, NSPEC(hloc_dog), FST_DTYPE_F32);
+    ASSERT_OK(fst_store_open(s2, 0, &fs));
+    ASSERT_OK(fst_export_h5(fs, out2, NULL, NULL));
+    fst_store_close(fs);
+    ASSERT_EQ(h5_same(src, out2, msg, sizeof msg), 0);
+
+    /* a store without them stays format 1.1 */
+    const char *h11 = tpath("dog_plain.h5"), *p11 = tpath("dog_plain.fst");
+    write_file(h11, hloc_dog + 5, 1);
+    ASSERT_OK(fst_import_h5(h11, p11, NULL, NULL));
+    ASSERT_OK(fst_store_open(p11, 0, &fs));
+    ASSERT_OK(fst_store_meta_get(fs, &m));
+    ASSERT_EQ(m.format_minor, 1);
+    fst_store_close(fs);
+}
+
+/* Appending the same DoG file is a no-op; one whose scales differ is
+ * refused, naming the image. */
+FST_TEST(append_dog_dup_and_conflict)
+{
+    const char *src = tpath("dogapp.h5"), *dest = tpath("dogapp.fst");
+    write_file(src, hloc_dog, 2);
+    ASSERT_OK(fst_import_h5(src, dest, NULL, NULL));
+    fst_import_opts o = {.append = true};
+    fst_import_stats st;
+    ASSERT_OK(fst_import_h5(src, dest, &o, &st));
+    ASSERT_EQ(st.images_added, 0);
+    ASSERT_EQ(st.images_skipped, 2);
+    float sc[60];
+    for (uint32_t i = 0; i < 60; i++)
+        sc[i] = scale_val(21, i);
+    sc[59] += 0.25f;
+    replace_ds(src, "dog/a.jpg/scales", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, (hsize_t[]){60},
+               sc);
+    ASSERT_STATUS(fst_import_h5(src, dest, &o, NULL), FST_EEXIST);
+    ASSERT_CONTAINS(fst_errdetail(), "dog/a.jpg");
+}
+
+FST_TEST(bad_dog_scales_oris)
+{
+    static float buf[200];
+    const char *src;
+    for (int i = 0; i < 200; i++)
+        buf[i] = 1.0f;
+    /* wrong length */
+    src = tpath("bad_sca_len.h5");
+    write_file(src, hloc_dog, 1);
+    replace_ds(src, "dog/a.jpg/scales", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, (hsize_t[]){59},
+               buf);
+    expect_import_fails(src, tpath("bad_sca_len.fst"), NULL, FST_EFORMAT, "/dog/a.jpg/scales",
+                        "expected length 60, found 59", NULL);
+    /* wrong rank */
+    src = tpath("bad_ori_rank.h5");
+    write_file(src, hloc_dog, 1);
+    replace_ds(src, "dog/a.jpg/oris", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, (hsize_t[]){60, 2},
+               buf);
+    expect_import_fails(src, tpath("bad_ori_rank.fst"), NULL, FST_EFORMAT, "/dog/a.jpg/oris",
+                        "expected 1 dimension", NULL);
+    /* float64 */
+    static double dbuf[60];
+    src = tpath("bad_ori_f64.h5");
+    write_file(src, hloc_dog, 1);
+    replace_ds(src, "dog/a.jpg/oris", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, (hsize_t[]){60},
+               dbuf);
+    expect_import_fails(src, tpath("bad_ori_f64.fst"), NULL, FST_EFORMAT, "/dog/a.jpg/oris",
+                        NULL, NULL);
+    /* NaN in float32 scales */
+    src = tpath("bad_sca_nan.h5");
+    write_file(src, hloc_dog, 1);
+    buf[17] = NAN;
+    replace_ds(src, "dog/a.jpg/scales", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, (hsize_t[]){60},
+               buf);
+    buf[17] = 1.0f;
+    expect_import_fails(src, tpath("bad_sca_nan.fst"), NULL, FST_EFORMAT, "/dog/a.jpg/scales",
+                        "NaN at row 17", NULL);
+    /* Inf in float16 oris */
+    src = tpath("bad_ori_inf16.h5");
+    write_file(src, hloc_dog, 2);
+    static uint16_t h[33];
+    h[32] = 0xfc00;
+    hid_t t16 = fst__h5_f16_create();
+    replace_ds(src, "dog/b.jpg/oris", t16, t16, 1, (hsize_t[]){33}, h);
+    H5Tclose(t16);
+    expect_import_fails(src, tpath("bad_ori_inf16.fst"), NULL, FST_EFORMAT, "/dog/b.jpg/oris",
+                        "Inf at row 32", NULL);
 }

@@ -1182,3 +1182,83 @@ FST_TEST(open_and_first_lookup_is_fast)
     printf("# open + first lookup: median %.3f ms\n", t[7]);
     ASSERT_LT(t[7], 50.0);
 }
+
+/* Format 1.2: a store whose records carry DoG scales and oris reads them
+ * back zero-copy, says 1.2 in its meta (a store without them stays 1.1,
+ * appends to a 1.0/1.1 store with them make it 1.2), counts them in its
+ * payload, and verify finds a damaged scale. Old records (header 128)
+ * read beside new ones. */
+FST_TEST(store_scales_oris)
+{
+    const char *p = tpath("dog.fst");
+    make_store(p, 3, 8, FST_DTYPE_F16);          /* 1.1 records, no scales */
+    fst_store_meta m0 = meta_of(p);
+    ASSERT_EQ(m0.format_minor, FST_FORMAT_MINOR);
+    fst_writer *w;
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    timg t[3];
+    for (unsigned i = 0; i < 3; i++) {
+        std_image(&t[i], 10 + i, 8, FST_DTYPE_F16);
+        timg_add_so(&t[i], i != 1, i != 2, i == 0);
+        ASSERT_OK(fst_writer_put(w, &t[i].img, NULL));
+    }
+    ASSERT_OK(fst_writer_finish(w, NULL));
+    fst_store_meta m = meta_of(p);
+    ASSERT_EQ(m.format_minor, FST_FORMAT_MINOR_SO);
+    uint64_t want = m0.payload_bytes;
+    for (unsigned i = 0; i < 3; i++)
+        want += (uint64_t)t[i].img.n * (8 + (t[i].sc ? 4 : 0) +
+                                        (t[i].sca ? 4 : 0) + (t[i].ori ? 4 : 0) +
+                                        8 * 2);
+    ASSERT_EQ(m.payload_bytes, want);
+    assert_verify_clean(p, 6);
+
+    fst_store *st;
+    fst_reader *rd;
+    fst_view v;
+    ASSERT_OK(fst_store_open(p, FST_OPEN_CHECKSUMS, &st));
+    ASSERT_OK(fst_reader_begin(st, &rd));
+    for (unsigned i = 0; i < 3; i++) {
+        ASSERT_OK(fst_reader_get(rd, t[i].img.name, &v));
+        assert_view_is(&v, &t[i].img);
+        if (v.scales)
+            ASSERT_EQ((uintptr_t)v.scales % 64, 0);
+        if (v.oris)
+            ASSERT_EQ((uintptr_t)v.oris % 64, 0);
+    }
+    ASSERT_OK(fst_reader_get(rd, "img_0002", &v));   /* a 1.1 record */
+    ASSERT_TRUE(v.scales == NULL && v.oris == NULL);
+    fst_reader_end(rd);
+    fst_store_close(st);
+
+    /* the same images again: identical, skipped; another scale: refused */
+    ASSERT_OK(fst_writer_open(p, FST_WRITE_APPEND, &w));
+    int added = -1;
+    ASSERT_OK(fst_writer_put(w, &t[0].img, &added));
+    ASSERT_EQ(added, 0);
+    t[0].sca[0] += 1.0f;
+    ASSERT_STATUS(fst_writer_put(w, &t[0].img, &added), FST_EEXIST);
+    ASSERT_CONTAINS(fst_errdetail(), t[0].img.name);
+    t[0].sca[0] -= 1.0f;
+    fst_writer_abort(w);
+    /* a later append without scales keeps the store 1.2 */
+    append_one(p, 20);
+    ASSERT_EQ(meta_of(p).format_minor, FST_FORMAT_MINOR_SO);
+
+    /* one damaged scale: verify names the image */
+    rawrec r;
+    rawrec_make(&r, &t[0].img);
+    r.v[le64get(r.v + FST_REC_OFF_SCALES) + 2] ^= 0x10;
+    ASSERT_OK(fst__store_put_raw(p, FST_DB_IMAGES, t[0].img.name, r.v, r.len));
+    free(r.mem);
+    ASSERT_OK(fst_store_open(p, 0, &st));
+    badlist bl = { 0 };
+    uint64_t checked, nbad;
+    ASSERT_STATUS(fst_store_verify(st, on_bad, &bl, &checked, &nbad),
+                  FST_ECORRUPT);
+    ASSERT_EQ(nbad, 1);
+    ASSERT_STREQ(bl.names[0], t[0].img.name);
+    fst_store_close(st);
+    for (unsigned i = 0; i < 3; i++)
+        timg_free(&t[i]);
+}

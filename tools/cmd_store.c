@@ -35,7 +35,10 @@ static const char import_usage[] =
 static const char import_help[] =
     "Convert an hloc features.h5 into a featstore store, once. Every group\n"
     "holding `keypoints` and `descriptors` becomes one record, named by its\n"
-    "path in the file (db/seq1/0001.jpg).\n"
+    "path in the file (db/seq1/0001.jpg). Kept with it: scores or\n"
+    "keypoint_scores, image_size, the keypoints' uncertainty, and each\n"
+    "keypoint's `scales` and `oris` where hloc's DoG (SIFT) extractor wrote\n"
+    "them (a store holding those is format 1.2).\n"
     "\n"
     "  --append         add to the existing STORE: identical images are\n"
     "                   skipped, images that differ under the same name are\n"
@@ -119,8 +122,8 @@ static const char export_usage[] = "usage: featstore export STORE OUT.h5 [--no-l
 static const char export_help[] =
     "Write every image of STORE to OUT.h5 in hloc's features.h5 layout: a group\n"
     "per image (nested at '/'), keypoints (N, 2), descriptors (D, N), scores or\n"
-    "keypoint_scores (N,), image_size (2,), with the dtypes and names the\n"
-    "imported file had. Refuses an existing OUT.h5; writes a temporary file\n"
+    "keypoint_scores (N,), DoG scales and oris (N,), image_size (2,), with the\n"
+    "dtypes and names the imported file had. Refuses an existing OUT.h5; writes a temporary file\n"
     "and renames it when complete.\n"
     "\n"
     "  --no-lock        read STORE without its lock file (automatic where it\n"
@@ -188,7 +191,8 @@ static const char info_usage[] = "usage: featstore info STORE [--json] [--no-loc
 static const char info_help[] =
     "Print a store's metadata (format, descriptor dimension and dtype, images,\n"
     "keypoints, payload and file size, the source file) and the keypoints per\n"
-    "image (min, median, max; computed by reading every record).\n"
+    "image (min, median, max; computed by reading every record), and how many\n"
+    "images carry keypoint scales and orientations (DoG `scales`, `oris`).\n"
     "\n"
     "  --json           one JSON object instead of text\n"
     "  --no-lock        read STORE without its lock file (automatic where it\n"
@@ -204,6 +208,7 @@ static int cmp_u32(const void *a, const void *b)
 typedef struct kp_stats {
     uint64_t n;
     uint32_t min, median, max;
+    uint64_t with_scales, with_oris;   /* images carrying them (DoG, 1.2) */
 } kp_stats;
 
 static fst_status keypoint_stats(fst_store *st, kp_stats *out)
@@ -212,6 +217,7 @@ static fst_status keypoint_stats(fst_store *st, kp_stats *out)
     fst_reader *rd = NULL;
     uint32_t *ns = NULL;
     size_t n = 0, cap = 0;
+    uint64_t sca = 0, ori = 0;
     FST_TRY(fst_reader_begin(st, &rd));
     for (;;) {
         fst_view v;
@@ -231,10 +237,14 @@ static fst_status keypoint_stats(fst_store *st, kp_stats *out)
             cap = nc;
         }
         ns[n++] = v.n;
+        sca += v.scales != NULL;
+        ori += v.oris != NULL;
     }
     s = FST_OK;
     memset(out, 0, sizeof *out);
     out->n = n;
+    out->with_scales = sca;
+    out->with_oris = ori;
     if (n) {
         qsort(ns, n, sizeof *ns, cmp_u32);
         out->min = ns[0];
@@ -305,6 +315,8 @@ int fst_cmd_info(int argc, char **argv)
                m.payload_bytes, file_bytes);
         printf(", \"keypoints_per_image\": {\"min\": %u, \"median\": %u, \"max\": %u}",
                ks.min, ks.median, ks.max);
+        printf(", \"images_with_scales\": %" PRIu64 ", \"images_with_oris\": %" PRIu64,
+               ks.with_scales, ks.with_oris);
         printf(", \"source\": {\"name\": ");
         fst__json_str(stdout, m.source_name);
         printf(", \"size\": %" PRIu64 ", \"mtime\": %" PRId64 "}", m.source_size,
@@ -328,6 +340,8 @@ int fst_cmd_info(int argc, char **argv)
     printf("images       %" PRIu64 "\n", m.n_images);
     printf("keypoints    %" PRIu64 " (per image: min %u, median %u, max %u)\n", m.n_keypoints,
            ks.min, ks.median, ks.max);
+    printf("scales, oris %" PRIu64 ", %" PRIu64 " of %" PRIu64 " images (DoG keypoint scales "
+           "and orientations)\n", ks.with_scales, ks.with_oris, ks.n);
     if (m.d)
         printf("descriptors  %u-D %s\n", m.d, fst_dtype_name(m.dtype));
     else
@@ -425,7 +439,7 @@ static const char synth_usage[] =
     "usage: featstore synth OUT.h5 [--pairs P.txt] [--truth T.txt] [--images N]\n"
     "                       [--keypoints K] [--dim D] [--dtype float16|float32]\n"
     "                       [--planted F] [--noise S] [--seed S] [--npairs P]\n"
-    "                       [--prefix NAME] [--quiet]\n";
+    "                       [--prefix NAME] [--scales-oris] [--quiet]\n";
 
 static const char synth_help[] =
     "Write a synthetic features.h5 in hloc's layout with planted\n"
@@ -447,6 +461,7 @@ static const char synth_help[] =
     "                   descriptor (default 0.05)\n"
     "  --seed S         random seed (default 1)\n"
     "  --prefix NAME    image names NAME0000.jpg... (default synth/img)\n"
+    "  --scales-oris    also write DoG-style `scales` and `oris` (N,) per image\n"
     "  -q, --quiet      no progress bar, no summary\n"
     "  -h, --help       this text\n"
     "\n"
@@ -455,7 +470,7 @@ static const char synth_help[] =
 int fst_cmd_synth(int argc, char **argv)
 {
     enum { O_PAIRS = 256, O_TRUTH, O_IMAGES, O_KP, O_DIM, O_DTYPE, O_PLANTED, O_NOISE,
-           O_SEED, O_NPAIRS, O_PREFIX };
+           O_SEED, O_NPAIRS, O_PREFIX, O_SCALES_ORIS };
     static const struct option longopts[] = {
         {"pairs", required_argument, NULL, O_PAIRS},
         {"truth", required_argument, NULL, O_TRUTH},
@@ -468,6 +483,7 @@ int fst_cmd_synth(int argc, char **argv)
         {"seed", required_argument, NULL, O_SEED},
         {"npairs", required_argument, NULL, O_NPAIRS},
         {"prefix", required_argument, NULL, O_PREFIX},
+        {"scales-oris", no_argument, NULL, O_SCALES_ORIS},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -491,6 +507,7 @@ int fst_cmd_synth(int argc, char **argv)
         case O_SEED:    bad = fst__cli_u64(cmd, "--seed", optarg, 0, UINT64_MAX, &o.seed); break;
         case O_NPAIRS:  bad = fst__cli_u32(cmd, "--npairs", optarg, 0, UINT32_MAX, &o.n_pairs); break;
         case O_PREFIX:  o.prefix = optarg; break;
+        case O_SCALES_ORIS: o.scales_oris = true; break;
         case 'q': quiet = true; break;
         case 'h': fputs(synth_usage, stdout); fputs("\n", stdout);
                   fputs(synth_help, stdout); return 0;

@@ -4,7 +4,10 @@ extract_features does (h5py, libver="latest", a group per image named by its
 path, keypoints/descriptors/scores/image_size, the keypoints' `uncertainty`
 attribute; --half = hloc's as_half: float32 arrays stored as float16), with
 the variations hloc's extractors produce: keypoint_scores instead of scores,
-no scores, images with no keypoints, deep names."""
+no scores, images with no keypoints, deep names. --dog: as hloc's DoG (SIFT)
+extractor, each image also has `scales` (N,) (multiplied by the resize
+scale's mean, as extract_features does) and `oris` (N,) (radians), float32,
+or float16 with --half."""
 import sys
 
 import h5py
@@ -12,6 +15,7 @@ import numpy as np
 
 out = sys.argv[1]
 half = "--half" in sys.argv
+dog = "--dog" in sys.argv
 rng = np.random.default_rng(7)
 D = 64
 
@@ -29,6 +33,9 @@ def image(n, scores="scores", size=True, unc=True, noise=1):
     # hloc: uncertainty = getattr(model, "detection_noise", 1) * scales.mean()
     # with float32 scales: float64 under NumPy 1.x, float32 under NumPy 2.
     scales = (np.array([1024, 768]) / np.array([640, 480])).astype(np.float32)
+    if dog:
+        pred["scales"] = (1.6 + rng.random(n) * 20).astype(np.float32) * scales.mean()
+        pred["oris"] = ((rng.random(n) * 2 - 1) * np.pi).astype(np.float32)
     return pred, (noise * scales.mean() if unc else None)
 
 

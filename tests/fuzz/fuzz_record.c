@@ -13,7 +13,9 @@
  *
  * Invariants checked on success: every block the view points to lies
  * inside the record, the name is NUL-terminated inside it, the dtype is a
- * known one, and with a key the name equals it. Decoding twice gives the
+ * known one, and with a key the name equals it; scales and oris (format
+ * 1.2) are there exactly when flagged, inside the record and aligned like
+ * the other blocks. Decoding twice gives the
  * same view (no hidden state). */
 #include "fuzz_util.h"
 
@@ -117,10 +119,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_CHECK(inside(v.desc, (size_t)v.n * v.d * es, buf, size));
             if (v.scores)
                 FUZZ_CHECK(inside(v.scores, (size_t)v.n * 4, buf, size));
+            if (v.scales)
+                FUZZ_CHECK(inside(v.scales, (size_t)v.n * 4, buf, size));
+            if (v.oris)
+                FUZZ_CHECK(inside(v.oris, (size_t)v.n * 4, buf, size));
         }
+        FUZZ_CHECK(!v.scales == !(v.flags & FST_VIEW_HAS_SCALES));
+        FUZZ_CHECK(!v.oris == !(v.flags & FST_VIEW_HAS_ORIS));
         if (h & FST__DEC_ALIGN) {
             FUZZ_CHECK(!v.n || (uintptr_t)v.keypoints % 16 == 0);
             FUZZ_CHECK(!v.n || (uintptr_t)v.desc % 16 == 0);
+            FUZZ_CHECK(!v.n || (uintptr_t)v.scales % 16 == 0);
+            FUZZ_CHECK(!v.n || (uintptr_t)v.oris % 16 == 0);
         }
         FUZZ_CHECK(info.payload_len <= size);
         /* touch every byte the view promises: ASan reports any overrun */
@@ -129,6 +139,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sink ^= ((const uint8_t *)v.keypoints)[i];
         for (size_t i = 0; v.scores && i < (size_t)v.n * 4; i++)
             sink ^= ((const uint8_t *)v.scores)[i];
+        for (size_t i = 0; v.scales && i < (size_t)v.n * 4; i++)
+            sink ^= ((const uint8_t *)v.scales)[i];
+        for (size_t i = 0; v.oris && i < (size_t)v.n * 4; i++)
+            sink ^= ((const uint8_t *)v.oris)[i];
         for (size_t i = 0; i < (size_t)v.n * v.d * es; i++)
             sink ^= ((const uint8_t *)v.desc)[i];
         (void)sink;
@@ -137,6 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                       &info2) == FST_OK);
         FUZZ_CHECK(v2.n == v.n && v2.d == v.d && v2.desc == v.desc &&
                    v2.keypoints == v.keypoints && v2.scores == v.scores &&
+                   v2.scales == v.scales && v2.oris == v.oris &&
                    info2.generation == info.generation);
     }
     free(exact);

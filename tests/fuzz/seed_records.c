@@ -4,7 +4,8 @@
  *
  * Valid format-1.0 records (fst__record_encode) of small images in every
  * shape the writer makes (float16/float32, with and without scores, 0
- * keypoints, d = 1, long names), each prefixed with the fuzz target's
+ * keypoints, d = 1, long names), format-1.2 records with DoG scales and/or
+ * oris (160-byte header), each prefixed with the fuzz target's
  * control byte, and a few hand-broken ones. Deterministic. */
 #include "fuzz_util.h"
 
@@ -54,11 +55,19 @@ int main(int argc, char **argv)
         { "x/y/z/long-name-of-an-image-in-a-deep-folder-0000000001.jpg", 2,
           16, FST_DTYPE_F32, true, FST_VIEW_KEYPOINTS_F16 |
           FST_VIEW_SCORES_F16 },
+        /* format 1.2: DoG scales and oris */
+        { "dog/a.jpg", 4, 8, FST_DTYPE_F32, true, FST_VIEW_HAS_SCALES |
+          FST_VIEW_HAS_ORIS },
+        { "dog/b.jpg", 3, 4, FST_DTYPE_F16, false, FST_VIEW_HAS_SCALES |
+          FST_VIEW_SCALES_F16 },
+        { "dog/c.jpg", 0, 8, FST_DTYPE_F32, true, FST_VIEW_HAS_ORIS },
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         uint32_t n = cases[c].n, d = cases[c].d;
         float *kp = malloc((n ? n : 1) * 2 * sizeof *kp);
         float *sc = malloc((n ? n : 1) * sizeof *sc);
+        float *sca = malloc((n ? n : 1) * sizeof *sca);
+        float *ori = malloc((n ? n : 1) * sizeof *ori);
         size_t es = fst_dtype_size(cases[c].dt);
         uint8_t *desc = malloc((n * d != 0 ? (size_t)n * d : 1) * es);
         for (uint32_t i = 0; i < 2 * n; i++)
@@ -74,6 +83,11 @@ int main(int argc, char **argv)
                 memcpy(desc + 4 * i, &x, 4);
             }
         }
+        /* (drawn after the others: the 1.0 seeds stay as they were) */
+        for (uint32_t i = 0; (cases[c].flags & FST_VIEW_HAS_SCALES) && i < n; i++)
+            sca[i] = 1.6f + 10 * frand();
+        for (uint32_t i = 0; (cases[c].flags & FST_VIEW_HAS_ORIS) && i < n; i++)
+            ori[i] = 6.28f * frand() - 3.14f;
         fst_image img = {
             .name = cases[c].name, .n = n, .d = d, .dtype = cases[c].dt,
             .flags = cases[c].flags | (cases[c].sc ? FST_VIEW_HAS_SCORES : 0),
@@ -81,6 +95,8 @@ int main(int argc, char **argv)
             .uncertainty = (cases[c].flags & FST_VIEW_HAS_UNCERTAINTY)
                                ? 1.5f : NAN,
             .keypoints = kp, .scores = cases[c].sc ? sc : NULL, .desc = desc,
+            .scales = (cases[c].flags & FST_VIEW_HAS_SCALES) ? sca : NULL,
+            .oris = (cases[c].flags & FST_VIEW_HAS_ORIS) ? ori : NULL,
         };
         size_t len = fst__record_size(&img, NULL);
         uint8_t *rec = calloc(1, len);
@@ -114,6 +130,8 @@ int main(int argc, char **argv)
         free(rec);
         free(kp);
         free(sc);
+        free(sca);
+        free(ori);
         free(desc);
     }
     return 0;
