@@ -64,7 +64,7 @@ def _model():
     return torch, NNMutual().eval()
 
 
-def _loop(rank, pairs, get, events, t_ready):
+def _loop(rank, pairs, get, events, t_ready, hold_s=0.0):
     torch, model = _model()
     first = None
     nm = 0
@@ -81,9 +81,12 @@ def _loop(rank, pairs, get, events, t_ready):
                 first = time.monotonic()
                 events.put(("first", rank, first, first - t_ready, t_data - t_ready))
     events.put(("done", rank, time.monotonic(), len(pairs), nm))
+    # --hold-s: stay alive with every page touched, so that a slow sampler
+    # (8 processes over a 2 GiB map: one sample per seconds) sees the end
+    time.sleep(hold_s)
 
 
-def worker(rank, method, src, pairs, events):
+def worker(rank, method, src, pairs, events, hold_s=0.0):
     import warnings
     import numpy as np
     import torch
@@ -116,12 +119,12 @@ def worker(rank, method, src, pairs, events):
         # zero-copy view; .float() converts (and so copies) the pair's two
         # descriptor blocks, as every method does
         get = lambda n: torch.from_numpy(store[n].descriptors).float()  # noqa: E731
-    _loop(rank, pairs, get, events, t_ready)
+    _loop(rank, pairs, get, events, t_ready, hold_s)
 
 
 # ---- one run (a child process of the driver, so that each starts clean) ----
 
-def one_run(method, n, features, store, empty, pairs):
+def one_run(method, n, features, store, empty, pairs, hold_s=0.0):
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     t_launch = time.monotonic()
@@ -142,7 +145,7 @@ def one_run(method, n, features, store, empty, pairs):
     else:                                           # baseline: empty store, random tensors
         srcs = [empty] * n
     t_fill = time.monotonic()
-    procs = [ctx.Process(target=worker, args=(i, method, srcs[i], slices[i], events))
+    procs = [ctx.Process(target=worker, args=(i, method, srcs[i], slices[i], events, hold_s))
              for i in range(n)]
     for p in procs:
         p.start()
@@ -196,6 +199,10 @@ def main(argv=None):
     ap.add_argument("--methods", default="baseline,c,b,a")
     ap.add_argument("--max-a-workers", type=int, default=4,
                     help="a's memory grows N-fold: skip larger N (shared machine)")
+    ap.add_argument("--pss-duty", type=float, default=0.1,
+                    help="share of a core the PSS sampler may take (pss.py)")
+    ap.add_argument("--hold-s", type=float, default=0.0,
+                    help="each worker stays this long after its last pair")
     ap.add_argument("--json-out")
     ap.add_argument("--plot")
     ap.add_argument("--replot", metavar="JSONL",
@@ -205,7 +212,7 @@ def main(argv=None):
     if args.one:
         method, n = args.one.split(",")
         res = one_run(method, int(n), args.features, args.store, args.empty_store,
-                      read_pairs(args.pairs))
+                      read_pairs(args.pairs), args.hold_s)
         print(json.dumps(res), flush=True)
         return 0
 
@@ -226,8 +233,9 @@ def main(argv=None):
             p = subprocess.Popen([sys.executable, os.path.abspath(__file__),
                                   "--one", f"{method},{n}", "--features", args.features,
                                   "--store", args.store, "--empty-store", args.empty_store,
-                                  "--pairs", args.pairs], stdout=subprocess.PIPE, text=True)
-            s = TreeSampler(p.pid, interval=0.1).start()
+                                  "--pairs", args.pairs, "--hold-s", str(args.hold_s)],
+                                 stdout=subprocess.PIPE, text=True)
+            s = TreeSampler(p.pid, interval=0.1, max_duty=args.pss_duty).start()
             text, _ = p.communicate()
             stats = s.stop()
             if p.returncode != 0:
