@@ -21,7 +21,8 @@ asks for features) to its first pair; pairs/s over the matching phase.
 Usage (prints one JSON line per run, and a table at the end):
   bench_python.py --features F.h5 --store F.fst --empty-store E.fst
                   --pairs P.txt [--workers 1,2,4,8] [--methods a,b,c,baseline]
-                  [--max-a-workers 4] [--json-out R.jsonl] [--plot P.png]
+                  [--max-a-workers 4] [--pss-duty 0.1] [--hold-s 0]
+                  [--json-out R.jsonl] [--plot P.png]
 Needs PYTHONPATH to hold the featstore module (<build>/tools/python).
 """
 import argparse
