@@ -8,8 +8,11 @@ pairs, getting the features:
   b         through a multiprocessing.Manager() dict filled by the parent
             (pickled through the manager's server on every access);
   c         through featstore.open(): numpy views of the one shared map;
-  baseline  c's workers with an empty store and no pairs: each process's
-            interpreter + torch + model, the per-worker constant of c.
+  baseline  c's workers with an empty store, matching the same number of
+            pairs of random 2048x256 float16 tensors made in the worker:
+            each process's interpreter + torch + model + the model's
+            working buffers, and nothing of the features; the per-worker
+            constant of c.
 Measured per run: summed PSS of the whole process tree (benchmarks/pss.py,
 parent and manager included), time from the launch to the first matched
 pair, and from a worker's start (torch imported, model built: the moment it
@@ -18,10 +21,12 @@ asks for features) to its first pair; pairs/s over the matching phase.
 Usage (prints one JSON line per run, and a table at the end):
   bench_python.py --features F.h5 --store F.fst --empty-store E.fst
                   --pairs P.txt [--workers 1,2,4,8] [--methods a,b,c,baseline]
-                  [--max-a-workers 4] [--json-out R.jsonl] [--plot P.png]
+                  [--max-a-workers 4] [--pss-duty 0.1] [--hold-s 0]
+                  [--json-out R.jsonl] [--plot P.png]
 Needs PYTHONPATH to hold the featstore module (<build>/tools/python).
 """
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -33,6 +38,10 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 # torch's BLAS here is Debian's OpenBLAS (libblas.so.3 -> openblas-pthread).
 # On the AMD EPYC VMs (AVX2, no AVX-512) OPENBLAS_CORETYPE=Haswell or Zen
 # gives the same sgemm speed as its default, and SkylakeX is SIGILL.
+
+# baseline's random descriptors: the shape of the benchmark's images
+# (synth --keypoints 2048 --dim 256, float16)
+BASELINE_SHAPE = (2048, 256)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -56,12 +65,12 @@ def _model():
     return torch, NNMutual().eval()
 
 
-def _loop(rank, pairs, get, events, t_ready):
+def _loop(rank, pairs, get, events, t_ready, hold_s=0.0):
     torch, model = _model()
     first = None
     nm = 0
     if not pairs:
-        time.sleep(2.0)                             # baseline: let the sampler see it
+        time.sleep(2.0)                             # nothing to match: let the sampler see it
     with torch.no_grad():
         for i, (a, b) in enumerate(pairs):
             d0, d1 = get(a), get(b)
@@ -73,9 +82,12 @@ def _loop(rank, pairs, get, events, t_ready):
                 first = time.monotonic()
                 events.put(("first", rank, first, first - t_ready, t_data - t_ready))
     events.put(("done", rank, time.monotonic(), len(pairs), nm))
+    # --hold-s: stay alive with every page touched, so that a slow sampler
+    # (8 processes over a 2 GiB map: one sample per seconds) sees the end
+    time.sleep(hold_s)
 
 
-def worker(rank, method, src, pairs, events):
+def worker(rank, method, src, pairs, events, hold_s=0.0):
     import warnings
     import numpy as np
     import torch
@@ -93,17 +105,27 @@ def worker(rank, method, src, pairs, events):
     elif method == "b":
         get = lambda n: torch.from_numpy(                       # noqa: E731
             np.ascontiguousarray(src[n]["descriptors"].T)).float()
+    elif method == "baseline":
+        # the model's working memory without the features: the same pairs
+        # matched on two random tensors of the store's shape, made here
+        # (src is the empty store, opened as c opens its store). _loop asks
+        # for a pair's two images in turn: hand out r0, r1, r0, ...
+        store = featstore.open(src)                 # held open, as c holds its store
+        g = torch.Generator().manual_seed(rank)
+        r = [torch.randn(BASELINE_SHAPE, generator=g).to(torch.float16) for _ in range(2)]
+        turn = itertools.count()
+        get = lambda n: r[next(turn) % 2].float()                # noqa: E731
     else:
         store = featstore.open(src)
         # zero-copy view; .float() converts (and so copies) the pair's two
         # descriptor blocks, as every method does
         get = lambda n: torch.from_numpy(store[n].descriptors).float()  # noqa: E731
-    _loop(rank, pairs, get, events, t_ready)
+    _loop(rank, pairs, get, events, t_ready, hold_s)
 
 
 # ---- one run (a child process of the driver, so that each starts clean) ----
 
-def one_run(method, n, features, store, empty, pairs):
+def one_run(method, n, features, store, empty, pairs, hold_s=0.0):
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     t_launch = time.monotonic()
@@ -121,12 +143,10 @@ def one_run(method, n, features, store, empty, pairs):
         srcs = [shared] * n
     elif method == "c":
         srcs = [store] * n                          # opened in the worker, timed
-    else:                                           # baseline: empty store, no pairs
+    else:                                           # baseline: empty store, random tensors
         srcs = [empty] * n
-        slices = [[] for _ in range(n)]
     t_fill = time.monotonic()
-    procs = [ctx.Process(target=worker, args=(i, method if method != "baseline" else "c",
-                                              srcs[i], slices[i], events))
+    procs = [ctx.Process(target=worker, args=(i, method, srcs[i], slices[i], events, hold_s))
              for i in range(n)]
     for p in procs:
         p.start()
@@ -180,6 +200,10 @@ def main(argv=None):
     ap.add_argument("--methods", default="baseline,c,b,a")
     ap.add_argument("--max-a-workers", type=int, default=4,
                     help="a's memory grows N-fold: skip larger N (shared machine)")
+    ap.add_argument("--pss-duty", type=float, default=0.1,
+                    help="share of a core the PSS sampler may take (pss.py)")
+    ap.add_argument("--hold-s", type=float, default=0.0,
+                    help="each worker stays this long after its last pair")
     ap.add_argument("--json-out")
     ap.add_argument("--plot")
     ap.add_argument("--replot", metavar="JSONL",
@@ -189,7 +213,7 @@ def main(argv=None):
     if args.one:
         method, n = args.one.split(",")
         res = one_run(method, int(n), args.features, args.store, args.empty_store,
-                      read_pairs(args.pairs))
+                      read_pairs(args.pairs), args.hold_s)
         print(json.dumps(res), flush=True)
         return 0
 
@@ -210,8 +234,9 @@ def main(argv=None):
             p = subprocess.Popen([sys.executable, os.path.abspath(__file__),
                                   "--one", f"{method},{n}", "--features", args.features,
                                   "--store", args.store, "--empty-store", args.empty_store,
-                                  "--pairs", args.pairs], stdout=subprocess.PIPE, text=True)
-            s = TreeSampler(p.pid, interval=0.1).start()
+                                  "--pairs", args.pairs, "--hold-s", str(args.hold_s)],
+                                 stdout=subprocess.PIPE, text=True)
+            s = TreeSampler(p.pid, interval=0.1, max_duty=args.pss_duty).start()
             text, _ = p.communicate()
             stats = s.stop()
             if p.returncode != 0:

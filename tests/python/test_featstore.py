@@ -138,6 +138,43 @@ def test_zero_copy_address_in_map(small):
         assert not rec.descriptors.flags.owndata
 
 
+def test_scales_oris_zero_copy(small, tmp_path):
+    # hloc's DoG (SIFT) extractor writes `scales` and `oris` (N,) float32
+    # (tests/cli/make_hloc.py --dog); an image without them reads None.
+    images = {"dog/a.jpg": 200, "dog/b.jpg": 7, "plain.jpg": 30}
+    h5 = write_h5(tmp_path / "f.h5", images)
+    rng = np.random.default_rng(5)
+    with h5py.File(h5, "r+") as f:
+        for name in ("dog/a.jpg", "dog/b.jpg"):
+            n = images[name]
+            f[name].create_dataset(
+                "scales", data=(1.6 + rng.random(n) * 20).astype(np.float32))
+            f[name].create_dataset(
+                "oris", data=((rng.random(n) * 2 - 1) * np.pi).astype(np.float32))
+    cli("import", h5, tmp_path / "db.fst", "--quiet")
+    store = featstore.open(tmp_path / "db.fst")
+    lo, size = store._map_range()
+    with h5py.File(h5, "r") as f:
+        for name in ("dog/a.jpg", "dog/b.jpg"):
+            rec = store[name]
+            for a, key in ((rec.scales, "scales"), (rec.oris, "oris")):
+                assert isinstance(a, np.ndarray), (name, key)
+                assert a.dtype == np.float32 and a.shape == (images[name],)
+                np.testing.assert_array_equal(a, f[name][key][()])
+                assert not a.flags.writeable and not a.flags.owndata
+                with pytest.raises(ValueError):
+                    a[...] = 0
+                addr = a.__array_interface__["data"][0]
+                assert lo <= addr and addr + a.nbytes <= lo + size, (name, key)
+    rec = store["plain.jpg"]
+    assert rec.scales is None and rec.oris is None
+    info = store.info()
+    assert info["images_with_scales"] == 2 and info["images_with_oris"] == 2
+    assert info == json.loads(cli("info", tmp_path / "db.fst", "--json").stdout)
+    rec = featstore.open(small[0])["db/seq1/0001.jpg"]
+    assert rec.scales is None and rec.oris is None
+
+
 def test_zero_copy_memory_flat(tmp_path):
     # 4 MB of descriptors per lookup, 2000 lookups all kept alive: a copy
     # per lookup would grow the process by 8 GB; the map is file-backed and

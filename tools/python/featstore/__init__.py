@@ -73,13 +73,15 @@ class Record:
     scores       (N,) float32, or None if the source had none
     image_size   (width, height), or None
     uncertainty  the keypoints' `uncertainty` attribute, or None
-    scales, oris None: featstore's format does not store them yet
+    scales       (N,) float32: each keypoint's scale, as hloc's DoG (SIFT)
+                 extractor wrote it; None if the source had none
+    oris         (N,) float32: each keypoint's orientation (radians), or None
     """
     __slots__ = ("name", "keypoints", "descriptors", "scores", "image_size",
                  "uncertainty", "flags", "scales", "oris")
 
     def __init__(self, name, keypoints, descriptors, scores, image_size,
-                 uncertainty, flags):
+                 uncertainty, flags, scales=None, oris=None):
         self.name = name
         self.keypoints = keypoints
         self.descriptors = descriptors
@@ -87,8 +89,8 @@ class Record:
         self.image_size = image_size
         self.uncertainty = uncertainty
         self.flags = flags
-        self.scales = None
-        self.oris = None
+        self.scales = scales
+        self.oris = oris
 
     def __len__(self):
         return self.keypoints.shape[0]
@@ -141,7 +143,8 @@ class Store(_featstore.Store):
     def info(self):
         """What `featstore info --json` prints, as a dict."""
         m = self._meta()
-        counts = sorted(self._counts())
+        per_image = self._counts()
+        counts = sorted(n for n, _, _ in per_image)
         try:
             file_bytes = _os.stat(self.path).st_size
         except OSError:
@@ -157,6 +160,8 @@ class Store(_featstore.Store):
                 "min": counts[0] if counts else 0,
                 "median": counts[len(counts) // 2] if counts else 0,
                 "max": counts[-1] if counts else 0},
+            "images_with_scales": sum(sca for _, sca, _ in per_image),
+            "images_with_oris": sum(ori for _, _, ori in per_image),
             "source": {"name": m["source_name"], "size": m["source_size"],
                        "mtime": m["source_mtime"]},
             "created": m["created"], "modified": m["modified"],

@@ -337,7 +337,8 @@ static PyObject *view_array(Snapshot *snap, const void *data, int nd,
 }
 
 /* _get(name) -> (name, keypoints, descriptors, scores|None,
- *                (w, h)|None, uncertainty|None, flags) */
+ *                (w, h)|None, uncertainty|None, flags,
+ *                scales|None, oris|None) */
 static PyObject *store_get(Store *self, PyObject *name)
 {
     PyObject *b = name_bytes(name);
@@ -359,7 +360,7 @@ static PyObject *store_get(Store *self, PyObject *name)
     fst_status s = fst_reader_get(snap->rd, PyBytes_AS_STRING(b), &v);
     Py_DECREF(b);
     PyObject *kp = NULL, *desc = NULL, *sc = NULL, *size = NULL, *unc = NULL,
-             *res = NULL, *nm = NULL;
+             *res = NULL, *nm = NULL, *scl = NULL, *ori = NULL;
     if (s) {
         raise_status(s);
         goto out;
@@ -379,11 +380,17 @@ static PyObject *store_get(Store *self, PyObject *name)
         size = Py_NewRef(Py_None);
     unc = isnan(v.uncertainty) ? Py_NewRef(Py_None)
                                : PyFloat_FromDouble(v.uncertainty);
+    scl = v.scales ? view_array(snap, v.scales, 1, sd, NPY_FLOAT32)
+                   : Py_NewRef(Py_None);
+    ori = v.oris ? view_array(snap, v.oris, 1, sd, NPY_FLOAT32)
+                 : Py_NewRef(Py_None);
     nm = name_str(v.name);
-    if (kp && desc && sc && size && unc && nm)
-        res = Py_BuildValue("(OOOOOOk)", nm, kp, desc, sc, size, unc,
-                            (unsigned long)v.flags);
+    if (kp && desc && sc && size && unc && nm && scl && ori)
+        res = Py_BuildValue("(OOOOOOkOO)", nm, kp, desc, sc, size, unc,
+                            (unsigned long)v.flags, scl, ori);
 out:
+    Py_XDECREF(scl);
+    Py_XDECREF(ori);
     Py_XDECREF(kp);
     Py_XDECREF(desc);
     Py_XDECREF(sc);
@@ -451,7 +458,9 @@ static PyObject *store_names(Store *self, PyObject *unused)
 
 static int add_count(const fst_view *v, void *ctx)
 {
-    PyObject *n = PyLong_FromUnsignedLong(v->n);
+    PyObject *n = Py_BuildValue("(kOO)", (unsigned long)v->n,
+                                v->scales ? Py_True : Py_False,
+                                v->oris ? Py_True : Py_False);
     if (!n)
         return -1;
     int rc = PyList_Append((PyObject *)ctx, n);
@@ -459,7 +468,7 @@ static int add_count(const fst_view *v, void *ctx)
     return rc;
 }
 
-/* _counts() -> keypoints per image, in key order */
+/* _counts() -> (keypoints, has scales, has oris) per image, in key order */
 static PyObject *store_counts(Store *self, PyObject *unused)
 {
     (void)unused;
