@@ -267,11 +267,13 @@ fst_status fst__wconfig_decode(fst__rd *r, fst__wconfig *c, char **strings)
     }
     c->matcher = strings[4];
     if (r->bad || !strings[4] || (c->index_size != 2 && c->index_size != 4)) {
+        bool nomem = !r->bad && !strings[4];
         for (int k = 0; k < 5; k++) {
             free(strings[k]);
             strings[k] = NULL;
         }
-        return fst__fail(FST_EFORMAT, "malformed worker configuration");
+        return nomem ? fst__fail(FST_ENOMEM, "worker configuration")
+                     : fst__fail(FST_EFORMAT, "malformed worker configuration");
     }
     return FST_OK;
 }

@@ -68,7 +68,8 @@ FIG = {}
 
 
 def log(*a):
-    print("#", *a, flush=True)
+    # every line a TAP comment, also those inside a multi-line message
+    print("# " + " ".join(str(x) for x in a).replace("\n", "\n# "), flush=True)
 
 
 def log_problems(problems):
