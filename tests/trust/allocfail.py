@@ -41,7 +41,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trust  # noqa: E402
-from trust import (FST, HDF5_SUPP, Workdir, base_env, caselib, figure, h5_content,  # noqa: E402
+from trust import (FST, Workdir, base_env, caselib, figure, h5_content,  # noqa: E402
                    leftovers, log, log_problems, run, same_output, synth, verify_clean)
 
 SHIM = os.environ.get("FST_ALLOCSHIM", "")
@@ -49,15 +49,7 @@ SHIM = os.environ.get("FST_ALLOCSHIM", "")
 
 def shim_env(**kw):
     """Environment preloading allocshim.so with FST_ALLOC_<KEY>=value."""
-    assert SHIM and os.path.exists(SHIM), "FST_ALLOCSHIM not built"
-    asan = os.environ.get("ASAN_OPTIONS", "")
-    e = {"LD_PRELOAD": SHIM,
-         "ASAN_OPTIONS": (asan + ":" if asan else "") +
-                         "verify_asan_link_order=0:fast_unwind_on_malloc=0",
-         "LSAN_OPTIONS": "suppressions=" + HDF5_SUPP}
-    for k, v in kw.items():
-        e["FST_ALLOC_" + k.upper()] = str(v)
-    return e
+    return trust.preload_env(SHIM, "FST_ALLOCSHIM", "FST_ALLOC_", **kw)
 
 
 def count_allocs(w, args, argv1=None):

@@ -112,9 +112,15 @@ def base_env(extra=None):
 
 def shim_env(**kw):
     """Environment that preloads the fault shim with FST_FAULT_<KEY>=value."""
-    assert SHIM and os.path.exists(SHIM), "FST_FAULTSHIM not built"
+    return preload_env(SHIM, "FST_FAULTSHIM", "FST_FAULT_", **kw)
+
+
+def preload_env(shim, built_as, prefix, **kw):
+    """Environment that preloads `shim` (a test LD_PRELOAD library, the path
+    meson passes as $<built_as>) with <prefix><KEY>=value settings."""
+    assert shim and os.path.exists(shim), f"{built_as} not built"
     asan = os.environ.get("ASAN_OPTIONS", "")
-    e = {"LD_PRELOAD": SHIM,
+    e = {"LD_PRELOAD": shim,
          # the shim comes before libasan in the link order: harmless here.
          # HDF5 leaks some of its own buffers when a write fails inside
          # H5Fcreate/H5Fclose (no ID is left to close): ignore exactly those
@@ -123,7 +129,7 @@ def shim_env(**kw):
                          "verify_asan_link_order=0:fast_unwind_on_malloc=0",
          "LSAN_OPTIONS": "suppressions=" + HDF5_SUPP}
     for k, v in kw.items():
-        e["FST_FAULT_" + k.upper()] = str(v)
+        e[prefix + k.upper()] = str(v)
     return e
 
 
